@@ -1,0 +1,734 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+import KimberliteCore
+import Logging
+import Metrics
+
+/// `[storage] sync_mode`: "fsync" makes `Journal.sync()` call fsync(2);
+/// "async" never fsyncs (the OS writes back when it likes; a machine crash
+/// can lose acknowledged writes).
+public enum SyncMode: String, Sendable, CaseIterable {
+    case fsync
+    case async
+}
+
+/// Where a journal stopped trusting its data: the segment file, the byte
+/// offset of the bad frame (0 for a bad header), the op expected there, and
+/// what is wrong.
+public struct JournalCorruption: Sendable, Equatable, Codable, CustomStringConvertible {
+    /// Path of the segment file.
+    public var segment: String
+    /// Byte offset in that file.
+    public var offset: Int
+    /// The op that should have been at `offset`.
+    public var op: OpNumber
+    public var kind: StorageProblemKind
+    /// Specifics, e.g. "frame CRC32C 0x1234abcd != computed 0x...".
+    public var detail: String
+
+    public var description: String {
+        "segment \(segment): \(kind.rawValue) at offset \(offset) (op \(op)): \(detail)"
+    }
+}
+
+/// What `Journal.init` found and repaired while opening.
+public struct JournalRecovery: Sendable, Equatable {
+    /// Segment files found in the directory.
+    public var segmentFiles: Int = 0
+    /// Verified entries kept.
+    public var entries: Int = 0
+    /// Bytes of torn tail truncated (0 if none).
+    public var tornTailBytes: Int = 0
+    /// The segment the torn tail was cut from (or removed, if only its header was torn).
+    public var tornTailSegment: String?
+    /// The offset the torn segment was truncated at.
+    public var tornTailOffset: Int?
+    /// Corruption found before the end of the log; nothing from this point on
+    /// is returned. The replica should repair from its peers after
+    /// `Journal.quarantineCorruption()`.
+    public var corruption: JournalCorruption?
+    /// Files in the log directory that are not segments (e.g. `.corrupt` evidence).
+    public var ignoredFiles: [String] = []
+
+    /// True when the log opened with nothing torn and nothing corrupt.
+    public var isClean: Bool { tornTailBytes == 0 && tornTailSegment == nil && corruption == nil }
+}
+
+/// The segmented, append-only, hash-chained log under `<data_dir>/log/`.
+///
+/// Files are `<first op, 20 digits>.kmb`; each has a 24-byte header and
+/// frames `[u32 body length][u32 CRC32C of body][LogEntry.encoded()]`. A new
+/// segment starts once the current one reaches `segmentSize` bytes.
+///
+/// Not thread-safe: one owner thread (or actor) calls it. Durability is
+/// explicit: `append` only writes; `sync` makes every earlier append durable
+/// with one fsync per touched file (group commit).
+public final class Journal {
+    /// The log directory (`<data_dir>/log`).
+    public let directory: String
+    /// Target size of a segment file in bytes; a segment may exceed it by one batch frame.
+    public let segmentSize: Int
+    public let syncMode: SyncMode
+    /// fsyncs slower than this are logged as "slow fsync" warnings.
+    public var slowFsyncThreshold: Duration = .milliseconds(10)
+
+    /// The last op in the log; 0 when empty.
+    public private(set) var lastOp: OpNumber = 0
+    /// The checksum of entry `lastOp`; `.zero` when empty.
+    public private(set) var lastChecksum: Checksum = .zero
+    /// What opening found: torn tail truncated, corruption located.
+    public let recovery: JournalRecovery
+    /// Corruption found at open that `quarantineCorruption()` has not moved
+    /// aside yet. While set, `append` and `truncate` throw `.corruptionPending`.
+    public private(set) var pendingCorruption: JournalCorruption?
+
+    /// Total bytes of segment files (including corrupt ones not yet quarantined).
+    public var sizeBytes: Int { segments.reduce(0) { $0 + $1.size } + quarantineBytes }
+    /// The first op held (1 unless the log is empty, then `lastOp + 1`).
+    public var firstOp: OpNumber { segments.first?.firstOp ?? lastOp + 1 }
+    /// Paths of the segment files holding the log, oldest first.
+    public var segmentPaths: [String] { segments.map(\.path) }
+    /// Ops appended but not yet made durable by `sync()` (always 0 under `.async`).
+    public var unsyncedOps: UInt64 { syncMode == .fsync ? lastOp - syncedOp : 0 }
+
+    struct Segment {
+        var firstOp: OpNumber
+        var path: String
+        /// Bytes in the file that belong to the log (header + verified frames).
+        var size: Int
+        /// Start offset of each frame; frame `i` holds op `firstOp + i`.
+        var offsets: [Int]
+        var lastOp: OpNumber { firstOp + UInt64(offsets.count) - 1 }
+    }
+
+    private var logger: Logger
+    private var segments: [Segment]
+    /// Corrupt region awaiting quarantine: whole files, and a file whose valid prefix is kept.
+    private var quarantineWhole: [String]
+    private var quarantineTail: (path: String, validEnd: Int)?
+    private var quarantineBytes: Int
+
+    private var currentFD: Int32 = -1
+    private var currentFDPath = ""
+    private var currentDirty = false
+    private var directoryDirty = false
+    /// Rotated-out segments written since the last sync.
+    private var unsyncedPaths: [String] = []
+    private var syncedOp: OpNumber
+    private var syncedChecksum: Checksum
+
+    private let fsyncTimer: Timer
+    private let entriesCounter: Counter
+    private let bytesCounter: Counter
+    private let sizeGauge: Gauge
+    private let checksumFailures: Counter
+
+    /// Opens the log in `directory` (created if missing), verifying every
+    /// frame (CRC32C, entry SHA-256, op order, hash chain).
+    ///
+    /// A bad or incomplete frame with nothing valid after it in the last
+    /// segment is a torn write from a crash: the file is truncated there and
+    /// a warning logged. Anything else bad is corruption: logged as
+    /// "Checksum mismatch", counted in `kmb_checksum_failures_total`, and
+    /// reported in `recovery.corruption`; the log ends before it.
+    /// - Parameters:
+    ///   - segmentSize: bytes per segment file, at least 64.
+    ///   - metricsFactory: where the `kmb_*` metrics go; nil means the
+    ///     process-wide `MetricsSystem.factory` (bootstrap it first).
+    /// - Throws: `StorageError` if the directory or a segment cannot be read or repaired.
+    public init(directory: String, segmentSize: Int, syncMode: SyncMode, logger: Logger,
+                metricsFactory: (any MetricsFactory)? = nil) throws {
+        guard segmentSize >= 64 else {
+            throw StorageError.invalidArgument("segment_size \(segmentSize) bytes is below the 64-byte minimum")
+        }
+        self.directory = directory
+        self.segmentSize = segmentSize
+        self.syncMode = syncMode
+        self.logger = logger
+        let factory = metricsFactory ?? MetricsSystem.factory
+        fsyncTimer = Timer(label: "kmb_fsync_duration_seconds", factory: factory)
+        entriesCounter = Counter(label: "kmb_log_entries_total", factory: factory)
+        bytesCounter = Counter(label: "kmb_log_bytes_total", factory: factory)
+        sizeGauge = Gauge(label: "kmb_log_size_bytes", factory: factory)
+        checksumFailures = Counter(label: "kmb_checksum_failures_total", factory: factory)
+        try FileIO.makeDirectories(directory)
+        let scan = try Journal.scan(directory: directory)
+        segments = scan.segments
+        lastOp = scan.lastOp
+        lastChecksum = scan.lastChecksum
+        recovery = scan.recovery
+        pendingCorruption = scan.recovery.corruption
+        quarantineWhole = scan.quarantineWhole
+        quarantineTail = scan.quarantineTail
+        quarantineBytes = scan.quarantineBytes
+        syncedOp = scan.lastOp
+        syncedChecksum = scan.lastChecksum
+        try repair(scan)
+        sizeGauge.record(sizeBytes)
+        logger.info("Journal opened", metadata: [
+            "directory": "\(directory)", "segments": "\(segments.count)", "op": "\(lastOp)",
+            "bytes": "\(sizeBytes)", "sync_mode": "\(syncMode.rawValue)",
+        ])
+    }
+
+    deinit {
+        FileIO.closeFile(currentFD)
+    }
+
+    // MARK: Reading
+
+    /// Every entry, in op order.
+    /// - Throws: `StorageError.corrupt` if a frame no longer verifies (the disk changed under us).
+    public func loadAll() throws -> [LogEntry] {
+        try entries(from: firstOp, through: lastOp)
+    }
+
+    /// Entries `from...through`, clamped to the ops the log holds; empty if none.
+    /// - Throws: `StorageError.corrupt` if a frame no longer verifies.
+    public func entries(from: OpNumber, through: OpNumber) throws -> [LogEntry] {
+        let lower = max(from, firstOp)
+        let upper = min(through, lastOp)
+        guard lower <= upper else { return [] }
+        var result: [LogEntry] = []
+        result.reserveCapacity(Int(min(upper - lower + 1, 1 << 20)))
+        for segment in segments where !segment.offsets.isEmpty && segment.lastOp >= lower && segment.firstOp <= upper {
+            let first = Int(max(lower, segment.firstOp) - segment.firstOp)
+            let last = Int(min(upper, segment.lastOp) - segment.firstOp)
+            let start = segment.offsets[first]
+            let end = last + 1 < segment.offsets.count ? segment.offsets[last + 1] : segment.size
+            let bytes = try readRange(segment.path, from: start, count: end - start)
+            var position = 0
+            for index in first...last {
+                let op = segment.firstOp + UInt64(index)
+                switch SegmentFormat.parseFrame(bytes, at: position, end: bytes.count) {
+                case .entry(let entry, let next) where entry.op == op:
+                    result.append(entry)
+                    position = next
+                case .entry(let entry, _):
+                    throw readFailure(segment.path, start + position, op, .opGap, "found op \(entry.op)")
+                case .bad(let kind, let detail):
+                    throw readFailure(segment.path, start + position, op, kind, detail)
+                }
+            }
+        }
+        return result
+    }
+
+    private func readRange(_ path: String, from offset: Int, count: Int) throws -> [UInt8] {
+        if path == currentFDPath && currentFD >= 0 {
+            return try FileIO.read(currentFD, count: count, at: offset, path: path)
+        }
+        let fd = try FileIO.openFile(path, flags: O_RDONLY)
+        defer { FileIO.closeFile(fd) }
+        return try FileIO.read(fd, count: count, at: offset, path: path)
+    }
+
+    private func readFailure(_ path: String, _ offset: Int, _ op: OpNumber, _ kind: StorageProblemKind, _ detail: String) -> StorageError {
+        checksumFailures.increment()
+        logger.error("Checksum mismatch: corrupt journal entry on read", metadata: [
+            "segment": "\(path)", "offset": "\(offset)", "op": "\(op)", "problem": "\(kind.rawValue)", "detail": "\(detail)",
+        ])
+        return StorageError.corrupt(path: path, offset: offset, op: op, reason: "\(kind.rawValue): \(detail)")
+    }
+
+    // MARK: Writing
+
+    /// Appends `entries` with one write(2) per touched segment. Does not fsync: call `sync()`.
+    ///
+    /// - Precondition checked: `entries[0].op == lastOp + 1`, ops consecutive,
+    ///   each `parent` the previous checksum, each entry intact.
+    /// - Throws: `.notContiguous` / `.invalidArgument` for bad input;
+    ///   `.diskFull(path)` on ENOSPC/EDQUOT; `.io` otherwise;
+    ///   `.corruptionPending` until corruption is quarantined. On any failure
+    ///   nothing of this call stays on disk or in memory.
+    public func append(_ entries: [LogEntry]) throws {
+        if let pendingCorruption { throw StorageError.corruptionPending(pendingCorruption) }
+        guard !entries.isEmpty else { return }
+        var expected = lastOp + 1
+        var parent = lastChecksum
+        var estimate = 0
+        for entry in entries {
+            guard entry.op == expected else {
+                throw StorageError.notContiguous(expectedOp: expected, gotOp: entry.op, reason: "ops must continue the log one by one")
+            }
+            guard entry.parent == parent else {
+                throw StorageError.notContiguous(expectedOp: expected, gotOp: entry.op,
+                                                 reason: "parent checksum is not the checksum of op \(expected - 1)")
+            }
+            guard entry.isIntact else {
+                throw StorageError.invalidArgument("entry op \(entry.op): checksum does not match its contents")
+            }
+            parent = entry.checksum
+            expected += 1
+            estimate += 140 + entry.payload.count
+        }
+
+        let mark = Mark(segmentCount: segments.count, entryCount: segments.last?.offsets.count ?? 0,
+                        size: segments.last?.size ?? 0, lastOp: lastOp, lastChecksum: lastChecksum)
+        var buffer: [UInt8] = []
+        buffer.reserveCapacity(min(estimate, segmentSize + 4096))
+        var appended = 0
+        do {
+            for entry in entries {
+                if let last = segments.last, last.size < segmentSize || last.offsets.isEmpty {
+                    // Still room in the current segment.
+                } else {
+                    try flush(&buffer)
+                    try createSegment(firstOp: entry.op)
+                }
+                let index = segments.count - 1
+                segments[index].offsets.append(segments[index].size)
+                let frameSize = SegmentFormat.appendFrame(entry, to: &buffer)
+                segments[index].size += frameSize
+                appended += frameSize
+            }
+            try flush(&buffer)
+        } catch {
+            rollback(to: mark)
+            if case StorageError.diskFull = error {
+                logger.error("Disk full: journal append rejected", metadata: [
+                    "op": "\(entries[0].op)", "entries": "\(entries.count)", "error": "\(error)",
+                ])
+            }
+            throw error
+        }
+        lastOp = entries[entries.count - 1].op
+        lastChecksum = entries[entries.count - 1].checksum
+        entriesCounter.increment(by: entries.count)
+        bytesCounter.increment(by: appended)
+        sizeGauge.record(sizeBytes)
+    }
+
+    /// Makes every append so far durable: one fsync per segment written
+    /// since the last sync, and one of the directory if a segment was
+    /// created. A no-op under `.async`.
+    /// - Throws: `.diskFull` / `.io`. The journal then drops every entry after
+    ///   the last successful sync (`lastOp` moves back), because after a
+    ///   failed fsync the kernel may have discarded those pages; re-append them.
+    public func sync() throws {
+        guard syncMode == .fsync else { return }
+        guard currentDirty || directoryDirty || !unsyncedPaths.isEmpty else {
+            syncedOp = lastOp
+            syncedChecksum = lastChecksum
+            return
+        }
+        do {
+            while let path = unsyncedPaths.first {
+                let fd = try FileIO.openFile(path, flags: O_RDWR)
+                defer { FileIO.closeFile(fd) }
+                try timedSync(fd, path)
+                unsyncedPaths.removeFirst()
+            }
+            if currentDirty {
+                try ensureCurrentFD()
+                try timedSync(currentFD, currentFDPath)
+                currentDirty = false
+            }
+            if directoryDirty {
+                try syncDirectory()
+            }
+        } catch {
+            logger.error("fsync failed: dropping unsynced journal entries", metadata: [
+                "synced_op": "\(syncedOp)", "op": "\(lastOp)", "error": "\(error)",
+            ])
+            let kept = (syncedOp, syncedChecksum)
+            do {
+                try dropAfter(kept.0, checksum: kept.1)
+            } catch {
+                logger.error("could not drop unsynced journal entries", metadata: ["error": "\(error)"])
+            }
+            currentDirty = true
+            directoryDirty = true
+            sizeGauge.record(sizeBytes)
+            throw error
+        }
+        syncedOp = lastOp
+        syncedChecksum = lastChecksum
+    }
+
+    /// Drops every op after `op` (VSR replacing an uncommitted suffix) and
+    /// makes that durable (fsync under `.fsync`) before returning. No-op if
+    /// `op >= lastOp`.
+    /// - Throws: `.corruptionPending`, `.io`, `.diskFull`; `.invalidArgument` if
+    ///   `op` is below the first op held.
+    public func truncate(after op: OpNumber) throws {
+        if let pendingCorruption { throw StorageError.corruptionPending(pendingCorruption) }
+        guard op < lastOp else { return }
+        guard op == 0 || op >= firstOp else {
+            throw StorageError.invalidArgument("cannot truncate after op \(op): the log starts at op \(firstOp)")
+        }
+        let checksum: Checksum
+        if op == 0 {
+            checksum = .zero
+        } else {
+            guard let entry = try entries(from: op, through: op).first else {
+                throw StorageError.invalidArgument("op \(op) is not in the log")
+            }
+            checksum = entry.checksum
+        }
+        let dropped = lastOp - op
+        try dropAfter(op, checksum: checksum)
+        sizeGauge.record(sizeBytes)
+        try sync()
+        logger.info("Journal truncated", metadata: ["op": "\(op)", "dropped": "\(dropped)"])
+    }
+
+    /// If open found corruption: moves the damaged segment and every later
+    /// one aside as `<name>.corrupt` (kept as evidence, never deleted; a
+    /// damaged segment with valid frames before the damage is copied aside
+    /// and then truncated to them), so the verified prefix becomes the log
+    /// and appends can resume. No-op without pending corruption.
+    /// - Throws: `.io` / `.diskFull` naming the file.
+    public func quarantineCorruption() throws {
+        guard let corruption = pendingCorruption else { return }
+        var evidence: [String] = []
+        for path in quarantineWhole.reversed() {
+            let destination = try evidencePath(for: path)
+            try FileIO.rename(path, destination)
+            evidence.append(destination)
+        }
+        quarantineWhole = []
+        if let tail = quarantineTail {
+            let destination = try evidencePath(for: tail.path)
+            let bytes = try FileIO.readWholeFile(tail.path)
+            let out = try FileIO.openFile(destination, flags: O_WRONLY | O_CREAT | O_EXCL)
+            do {
+                defer { FileIO.closeFile(out) }
+                try FileIO.write(out, bytes, at: 0, path: destination)
+                if syncMode == .fsync { try timedSync(out, destination) }
+            } catch {
+                try? FileIO.remove(destination)
+                throw error
+            }
+            try ensureCurrentFD()
+            try FileIO.truncate(currentFD, to: tail.validEnd, path: tail.path)
+            if syncMode == .fsync { try timedSync(currentFD, tail.path) }
+            evidence.append(destination)
+            quarantineTail = nil
+        }
+        if syncMode == .fsync { try syncDirectory() }
+        pendingCorruption = nil
+        quarantineBytes = 0
+        sizeGauge.record(sizeBytes)
+        logger.warning("Quarantined corrupt journal data", metadata: [
+            "segment": "\(corruption.segment)", "offset": "\(corruption.offset)", "op": "\(corruption.op)",
+            "evidence": "\(evidence.joined(separator: ","))", "last_op": "\(lastOp)",
+        ])
+    }
+
+    /// Closes the open segment file. The journal must not be used afterwards.
+    public func close() {
+        FileIO.closeFile(currentFD)
+        currentFD = -1
+        currentFDPath = ""
+    }
+
+    // MARK: Internals
+
+    private struct Mark {
+        var segmentCount: Int
+        var entryCount: Int
+        var size: Int
+        var lastOp: OpNumber
+        var lastChecksum: Checksum
+    }
+
+    private func flush(_ buffer: inout [UInt8]) throws {
+        guard !buffer.isEmpty, let last = segments.last else { return }
+        try ensureCurrentFD()
+        currentDirty = true
+        try FileIO.write(currentFD, buffer, at: last.size - buffer.count, path: last.path)
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    private func ensureCurrentFD() throws {
+        guard let last = segments.last else { return }
+        if currentFD >= 0 && currentFDPath == last.path { return }
+        FileIO.closeFile(currentFD)
+        currentFD = -1
+        currentFDPath = ""
+        currentFD = try FileIO.openFile(last.path, flags: O_RDWR)
+        currentFDPath = last.path
+        if let index = unsyncedPaths.firstIndex(of: last.path) {
+            unsyncedPaths.remove(at: index)
+            currentDirty = true
+        }
+    }
+
+    private func createSegment(firstOp: OpNumber) throws {
+        if currentFD >= 0 {
+            if currentDirty && syncMode == .fsync { unsyncedPaths.append(currentFDPath) }
+            FileIO.closeFile(currentFD)
+            currentFD = -1
+            currentFDPath = ""
+            currentDirty = false
+        }
+        let path = directory + "/" + SegmentFormat.fileName(firstOp: firstOp)
+        let fd = try FileIO.openFile(path, flags: O_RDWR | O_CREAT | O_EXCL)
+        do {
+            try FileIO.write(fd, SegmentFormat.encodeHeader(firstOp: firstOp), at: 0, path: path)
+        } catch {
+            FileIO.closeFile(fd)
+            try? FileIO.remove(path)
+            throw error
+        }
+        segments.append(Segment(firstOp: firstOp, path: path, size: SegmentFormat.headerSize, offsets: []))
+        currentFD = fd
+        currentFDPath = path
+        currentDirty = true
+        directoryDirty = true
+        logger.debug("Journal segment created", metadata: ["segment": "\(path)", "op": "\(firstOp)"])
+    }
+
+    /// Undoes a failed append: removes segments it created, cuts the file back.
+    private func rollback(to mark: Mark) {
+        while segments.count > mark.segmentCount {
+            let segment = segments.removeLast()
+            if currentFDPath == segment.path {
+                FileIO.closeFile(currentFD)
+                currentFD = -1
+                currentFDPath = ""
+                currentDirty = false
+            }
+            unsyncedPaths.removeAll { $0 == segment.path }
+            do { try FileIO.remove(segment.path) } catch {
+                logger.error("could not remove segment after failed append", metadata: ["segment": "\(segment.path)", "error": "\(error)"])
+            }
+            directoryDirty = true
+        }
+        if mark.segmentCount > 0 {
+            let index = segments.count - 1
+            let extra = segments[index].offsets.count - mark.entryCount
+            if extra > 0 { segments[index].offsets.removeLast(extra) }
+            segments[index].size = mark.size
+            do {
+                try ensureCurrentFD()
+                try FileIO.truncate(currentFD, to: mark.size, path: segments[index].path)
+            } catch {
+                logger.error("could not cut segment back after failed append", metadata: [
+                    "segment": "\(segments[index].path)", "offset": "\(mark.size)", "error": "\(error)",
+                ])
+            }
+            currentDirty = true
+        }
+        lastOp = mark.lastOp
+        lastChecksum = mark.lastChecksum
+    }
+
+    /// Removes ops after `op` from disk and memory (no fsync); segments are
+    /// removed newest first so a crash midway leaves a contiguous prefix.
+    private func dropAfter(_ op: OpNumber, checksum: Checksum) throws {
+        while let last = segments.last, last.firstOp > op {
+            if currentFDPath == last.path {
+                FileIO.closeFile(currentFD)
+                currentFD = -1
+                currentFDPath = ""
+                currentDirty = false
+            }
+            try FileIO.remove(last.path)
+            unsyncedPaths.removeAll { $0 == last.path }
+            segments.removeLast()
+            directoryDirty = true
+        }
+        if let last = segments.last {
+            let keep = Int(op - last.firstOp + 1)
+            if keep < last.offsets.count {
+                let index = segments.count - 1
+                let newSize = last.offsets[keep]
+                try ensureCurrentFD()
+                try FileIO.truncate(currentFD, to: newSize, path: last.path)
+                segments[index].offsets.removeSubrange(keep...)
+                segments[index].size = newSize
+                currentDirty = true
+            }
+        }
+        lastOp = op
+        lastChecksum = checksum
+        if syncedOp > op {
+            syncedOp = op
+            syncedChecksum = checksum
+        }
+    }
+
+    private func timedSync(_ fd: Int32, _ path: String) throws {
+        let start = ContinuousClock.now
+        try FileIO.sync(fd, path: path)
+        let elapsed = ContinuousClock.now - start
+        let (seconds, attoseconds) = elapsed.components
+        fsyncTimer.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+        if elapsed > slowFsyncThreshold {
+            let ms = Double(seconds) * 1000 + Double(attoseconds) / 1e15
+            logger.warning("slow fsync", metadata: [
+                "duration_ms": "\((ms * 1000).rounded() / 1000)", "segment": "\(path)",
+                "threshold_ms": "\(slowFsyncThreshold)",
+            ])
+        }
+    }
+
+    private func syncDirectory() throws {
+        let fd = try FileIO.openFile(directory, flags: O_RDONLY | O_DIRECTORY)
+        defer { FileIO.closeFile(fd) }
+        try timedSync(fd, directory)
+        directoryDirty = false
+    }
+
+    private func evidencePath(for path: String) throws -> String {
+        for attempt in 0..<100 {
+            let candidate = attempt == 0 ? path + ".corrupt" : path + ".corrupt.\(attempt)"
+            if FileIO.kind(candidate) == .missing { return candidate }
+        }
+        throw StorageError.invalidArgument("too many quarantined copies of \(path) (.corrupt ... .corrupt.99 exist)")
+    }
+
+    // MARK: Open-time scan
+
+    struct ScanResult {
+        var segments: [Segment] = []
+        var lastOp: OpNumber = 0
+        var lastChecksum: Checksum = .zero
+        var recovery = JournalRecovery()
+        var quarantineWhole: [String] = []
+        var quarantineTail: (path: String, validEnd: Int)?
+        var quarantineBytes = 0
+        /// Torn tail to cut: truncate `path` to `offset`, or remove it when `offset` is nil.
+        var tornRepair: (path: String, offset: Int?)?
+    }
+
+    /// Reads and verifies every segment; changes nothing on disk.
+    static func scan(directory: String) throws -> ScanResult {
+        var result = ScanResult()
+        var files: [(op: OpNumber, name: String)] = []
+        for name in try FileIO.list(directory) {
+            if let op = SegmentFormat.firstOp(fromFileName: name) {
+                files.append((op, name))
+            } else {
+                result.recovery.ignoredFiles.append(name)
+            }
+        }
+        files.sort { $0.op < $1.op }
+        result.recovery.segmentFiles = files.count
+
+        var expectedOp: OpNumber = 1
+        var previous = Checksum.zero
+        fileLoop: for (index, file) in files.enumerated() {
+            let path = directory + "/" + file.name
+            let isLast = index == files.count - 1
+            let bytes = try FileIO.readWholeFile(path)
+
+            func corrupt(_ offset: Int, _ op: OpNumber, _ kind: StorageProblemKind, _ detail: String, validFrames: [Int]) {
+                result.recovery.corruption = JournalCorruption(segment: path, offset: offset, op: op, kind: kind, detail: detail)
+                if validFrames.isEmpty {
+                    result.quarantineWhole.append(path)
+                    result.quarantineBytes += bytes.count
+                } else {
+                    result.segments.append(Segment(firstOp: file.op, path: path, size: offset, offsets: validFrames))
+                    result.quarantineTail = (path, offset)
+                    result.quarantineBytes += bytes.count - offset
+                }
+                for later in files[(index + 1)...] {
+                    let laterPath = directory + "/" + later.name
+                    result.quarantineWhole.append(laterPath)
+                    result.quarantineBytes += FileIO.fileSize(laterPath) ?? 0
+                }
+            }
+
+            switch SegmentFormat.parseHeader(bytes) {
+            case .failure(let problem):
+                if isLast && SegmentFormat.findValidFrame(bytes, after: -1, end: bytes.count, minimumOp: expectedOp) == nil {
+                    result.tornRepair = (path, nil)
+                    result.recovery.tornTailSegment = path
+                    result.recovery.tornTailOffset = 0
+                    result.recovery.tornTailBytes = bytes.count
+                } else {
+                    corrupt(0, expectedOp, .badSegmentHeader, problem.description, validFrames: [])
+                }
+                break fileLoop
+            case .success(let headerOp):
+                if headerOp != file.op {
+                    corrupt(0, expectedOp, .badSegmentHeader, "header says first op \(headerOp), file name says \(file.op)", validFrames: [])
+                    break fileLoop
+                }
+                if headerOp != expectedOp {
+                    corrupt(0, expectedOp, .opGap, "segment starts at op \(headerOp), expected op \(expectedOp)", validFrames: [])
+                    break fileLoop
+                }
+            }
+
+            var offsets: [Int] = []
+            var offset = SegmentFormat.headerSize
+            while offset < bytes.count {
+                switch SegmentFormat.parseFrame(bytes, at: offset, end: bytes.count) {
+                case .entry(let entry, let next):
+                    if entry.op != expectedOp {
+                        corrupt(offset, expectedOp, .opGap, "found op \(entry.op), expected op \(expectedOp)", validFrames: offsets)
+                        break fileLoop
+                    }
+                    if entry.parent != previous {
+                        corrupt(offset, expectedOp, .hashChainBreak, "parent is not the checksum of op \(expectedOp - 1)", validFrames: offsets)
+                        break fileLoop
+                    }
+                    offsets.append(offset)
+                    previous = entry.checksum
+                    result.lastOp = entry.op
+                    result.lastChecksum = entry.checksum
+                    expectedOp += 1
+                    offset = next
+                case .bad(let kind, let detail):
+                    if isLast && SegmentFormat.findValidFrame(bytes, after: offset, end: bytes.count, minimumOp: expectedOp) == nil {
+                        result.tornRepair = (path, offset)
+                        result.recovery.tornTailSegment = path
+                        result.recovery.tornTailOffset = offset
+                        result.recovery.tornTailBytes = bytes.count - offset
+                        result.segments.append(Segment(firstOp: file.op, path: path, size: offset, offsets: offsets))
+                    } else {
+                        corrupt(offset, expectedOp, kind, detail, validFrames: offsets)
+                    }
+                    break fileLoop
+                }
+            }
+            result.segments.append(Segment(firstOp: file.op, path: path, size: bytes.count, offsets: offsets))
+        }
+        result.recovery.entries = result.segments.reduce(0) { $0 + $1.offsets.count }
+        return result
+    }
+
+    /// Applies what the scan decided: cut a torn tail, report corruption.
+    private func repair(_ scan: ScanResult) throws {
+        for name in scan.recovery.ignoredFiles {
+            if name.contains(".corrupt") {
+                logger.info("quarantined journal file kept as evidence", metadata: ["file": "\(directory)/\(name)"])
+            } else {
+                logger.warning("ignoring unexpected file in log directory", metadata: ["file": "\(directory)/\(name)"])
+            }
+        }
+        if let torn = scan.tornRepair {
+            if let offset = torn.offset {
+                let fd = try FileIO.openFile(torn.path, flags: O_RDWR)
+                currentFD = fd
+                currentFDPath = torn.path
+                try FileIO.truncate(fd, to: offset, path: torn.path)
+                if syncMode == .fsync { try timedSync(fd, torn.path) }
+            } else {
+                try FileIO.remove(torn.path)
+                if syncMode == .fsync { try syncDirectory() }
+            }
+            logger.warning("Torn journal tail truncated (incomplete write from a crash)", metadata: [
+                "segment": "\(torn.path)", "offset": "\(torn.offset ?? 0)",
+                "bytes": "\(scan.recovery.tornTailBytes)", "op": "\(lastOp + 1)",
+            ])
+        }
+        if let corruption = scan.recovery.corruption {
+            checksumFailures.increment()
+            logger.error("Checksum mismatch: corrupt journal segment, log ends before it", metadata: [
+                "segment": "\(corruption.segment)", "offset": "\(corruption.offset)", "op": "\(corruption.op)",
+                "problem": "\(corruption.kind.rawValue)", "detail": "\(corruption.detail)", "last_valid_op": "\(lastOp)",
+            ])
+        }
+    }
+}

@@ -1,0 +1,218 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+import KimberliteCore
+
+/// What a replica must not forget across restarts (DESIGN.md §3
+/// correctness notes): persisted before it votes or acknowledges a view.
+public struct SuperblockState: Equatable, Sendable, Codable {
+    public var clusterName: String
+    public var nodeID: NodeID
+    /// The highest view this replica has seen.
+    public var view: ViewNumber
+    /// The view in which this replica's log was last known normal (VRR `log_view`).
+    public var logView: ViewNumber
+    public var commitNumber: OpNumber
+    /// Membership epoch (bumped by membership changes and force-leader).
+    public var epoch: UInt64
+    public var members: [NodeID]
+
+    public init(clusterName: String, nodeID: NodeID, view: ViewNumber = 0, logView: ViewNumber = 0,
+                commitNumber: OpNumber = 0, epoch: UInt64 = 0, members: [NodeID]) {
+        self.clusterName = clusterName
+        self.nodeID = nodeID
+        self.view = view
+        self.logView = logView
+        self.commitNumber = commitNumber
+        self.epoch = epoch
+        self.members = members
+    }
+}
+
+/// `<data_dir>/superblock`: four checksummed 4 KiB copies of
+/// `SuperblockState`, written so a crash at any point leaves a valid one.
+///
+/// Slot layout (little-endian): `magic "KMBSUPER"(8) version(u32) slot(u32)
+/// sequence(u64) payload_length(u32) payload … zero padding … crc32c(u32,
+/// last 4 bytes, over the rest of the slot)`. `write` stores slots 0-1, fsyncs,
+/// then slots 2-3, fsyncs; `read` takes the valid copy with the highest
+/// sequence. The very first write goes to a temporary file renamed into
+/// place, so the file is never seen half-created.
+///
+/// Not thread-safe: one owner.
+public final class Superblock {
+    public static let slotSize = 4096
+    public static let copies = 4
+    static let magic: [UInt8] = Array("KMBSUPER".utf8)
+    static let version: UInt32 = 1
+    static let headerSize = 28
+    static let maximumPayload = slotSize - headerSize - 4
+
+    public let path: String
+    /// Valid copies found by the last `read` or left by the last `write` (0-4).
+    public private(set) var validCopies = 0
+    /// Sequence number of the newest valid copy (0 before any).
+    public private(set) var sequence: UInt64 = 0
+
+    /// - Throws: `StorageError.notADirectory`-style errors if `path` is a directory.
+    public init(path: String) throws {
+        if FileIO.kind(path) == .directory {
+            throw StorageError.invalidArgument("superblock path \(path) is a directory")
+        }
+        self.path = path
+    }
+
+    /// The newest valid state, or nil if the superblock file does not exist (a new node).
+    /// - Throws: `StorageError.superblockCorrupt` naming every copy's fault when none is valid;
+    ///   `.io` if the file cannot be read.
+    public func read() throws -> SuperblockState? {
+        guard FileIO.kind(path) != .missing else {
+            validCopies = 0
+            return nil
+        }
+        let slots = try inspect()
+        validCopies = slots.filter { $0.state != nil }.count
+        guard let best = slots.filter({ $0.state != nil }).max(by: { $0.sequence < $1.sequence }) else {
+            let reasons = slots.map { "copy \($0.index): \($0.problem ?? "?")" }.joined(separator: "; ")
+            throw StorageError.superblockCorrupt(path: path, reason: reasons)
+        }
+        sequence = best.sequence
+        return best.state
+    }
+
+    /// Durably replaces the state: slots 0-1, fsync, slots 2-3, fsync.
+    /// - Throws: `.invalidArgument` if the state does not fit a 4 KiB slot;
+    ///   `.diskFull`, `.io` naming the file.
+    public func write(_ state: SuperblockState) throws {
+        let payload = Superblock.encode(state)
+        guard payload.count <= Superblock.maximumPayload else {
+            throw StorageError.invalidArgument("superblock state is \(payload.count) bytes; at most \(Superblock.maximumPayload) fit (cluster name or member list too long)")
+        }
+        var highest = sequence
+        if FileIO.kind(path) != .missing {
+            // Never write a sequence below a valid copy already on disk.
+            let slots = try inspect()
+            highest = max(highest, slots.compactMap { $0.state == nil ? nil : $0.sequence }.max() ?? 0)
+        }
+        let next = highest + 1
+        var image: [UInt8] = []
+        image.reserveCapacity(Superblock.slotSize * Superblock.copies)
+        for slot in 0..<Superblock.copies {
+            image.append(contentsOf: Superblock.encodeSlot(slot: slot, sequence: next, payload: payload))
+        }
+        let half = Superblock.slotSize * 2
+        if FileIO.kind(path) == .missing {
+            let temporary = path + ".tmp"
+            let fd = try FileIO.openFile(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
+            do {
+                defer { FileIO.closeFile(fd) }
+                try FileIO.write(fd, image, at: 0, path: temporary)
+                try FileIO.sync(fd, path: temporary)
+            } catch {
+                try? FileIO.remove(temporary)
+                throw error
+            }
+            try FileIO.rename(temporary, path)
+            try FileIO.syncDirectory(FileIO.parentDirectory(path))
+        } else {
+            let fd = try FileIO.openFile(path, flags: O_RDWR)
+            defer { FileIO.closeFile(fd) }
+            try image.withUnsafeBytes { raw in
+                try FileIO.write(fd, UnsafeRawBufferPointer(rebasing: raw[0..<half]), at: 0, path: path)
+                try FileIO.sync(fd, path: path)
+                try FileIO.write(fd, UnsafeRawBufferPointer(rebasing: raw[half...]), at: half, path: path)
+                try FileIO.sync(fd, path: path)
+            }
+        }
+        sequence = next
+        validCopies = Superblock.copies
+    }
+
+    /// One copy as found on disk.
+    struct Slot {
+        var index: Int
+        var sequence: UInt64
+        var state: SuperblockState?
+        /// Why the copy is invalid (nil when valid).
+        var problem: String?
+    }
+
+    /// Decodes all four copies. Throws only if the file cannot be read.
+    func inspect() throws -> [Slot] {
+        let bytes = try FileIO.readWholeFile(path)
+        return (0..<Superblock.copies).map { Superblock.decodeSlot(bytes, index: $0) }
+    }
+
+    static func encode(_ state: SuperblockState) -> [UInt8] {
+        var writer = ByteWriter(capacity: 64 + state.clusterName.utf8.count + state.members.count)
+        writer.writeString(state.clusterName)
+        writer.write(state.nodeID)
+        writer.write(state.view)
+        writer.write(state.logView)
+        writer.write(state.commitNumber)
+        writer.write(state.epoch)
+        writer.writeBlob(state.members)
+        return writer.bytes
+    }
+
+    static func encodeSlot(slot: Int, sequence: UInt64, payload: [UInt8]) -> [UInt8] {
+        var writer = ByteWriter(capacity: slotSize)
+        writer.writeRaw(magic)
+        writer.write(version)
+        writer.write(UInt32(slot))
+        writer.write(sequence)
+        writer.writeBlob(payload)
+        var bytes = writer.bytes
+        bytes.append(contentsOf: repeatElement(0, count: slotSize - 4 - bytes.count))
+        let crc = CRC32C.checksum(bytes)
+        withUnsafeBytes(of: crc.littleEndian) { bytes.append(contentsOf: $0) }
+        return bytes
+    }
+
+    static func decodeSlot(_ file: [UInt8], index: Int) -> Slot {
+        let start = index * slotSize
+        var slot = Slot(index: index, sequence: 0, state: nil, problem: nil)
+        guard file.count >= start + slotSize else {
+            slot.problem = file.count <= start ? "missing (file is \(file.count) bytes)" : "truncated (file is \(file.count) bytes)"
+            return slot
+        }
+        let stored = SegmentFormat.readU32(file, start + slotSize - 4)
+        let computed = CRC32C.checksum(file, range: start..<(start + slotSize - 4))
+        guard stored == computed else {
+            slot.problem = "checksum mismatch (stored \(hex(stored)), computed \(hex(computed)))"
+            return slot
+        }
+        guard Array(file[start..<(start + 8)]) == magic else {
+            slot.problem = "bad magic"
+            return slot
+        }
+        var reader = ByteReader(file, offset: start + 8, end: start + slotSize - 4)
+        do {
+            let version: UInt32 = try reader.read()
+            guard version == self.version else { slot.problem = "unknown version \(version)"; return slot }
+            let storedIndex: UInt32 = try reader.read()
+            guard storedIndex == UInt32(index) else { slot.problem = "holds copy \(storedIndex), expected \(index)"; return slot }
+            slot.sequence = try reader.read()
+            let payload = try reader.readBlob(limit: maximumPayload)
+            var body = ByteReader(payload)
+            let state = SuperblockState(
+                clusterName: try body.readString(limit: maximumPayload),
+                nodeID: try body.read(),
+                view: try body.read(),
+                logView: try body.read(),
+                commitNumber: try body.read(),
+                epoch: try body.read(),
+                members: try body.readBlob(limit: 256))
+            guard body.isAtEnd else { slot.problem = "trailing bytes in state"; return slot }
+            slot.state = state
+        } catch {
+            slot.problem = "malformed: \(error)"
+        }
+        return slot
+    }
+}

@@ -1,0 +1,832 @@
+/// Static settings of one replica. Time is counted in ticks: the runtime
+/// feeds `.tick` every `tickInterval` (10 ms in production), and the
+/// configuration's durations are converted to ticks once.
+public struct ReplicaConfiguration: Sendable {
+    /// Every member's node id, sorted ascending. The primary of view `v` is
+    /// `members[v % members.count]` (VRR §3).
+    public var members: [NodeID]
+    public var selfID: NodeID
+    /// Ticks between heartbeats from the primary (`heartbeat_interval`).
+    public var heartbeatTicks: Int
+    /// Election timeout range in ticks (`election_timeout_min/max`); each
+    /// timer is drawn uniformly from it.
+    public var electionTimeoutMinTicks: Int
+    public var electionTimeoutMaxTicks: Int
+    /// Most entries sent in one prepare or entries message (`max_entries_per_rpc`).
+    public var maxEntriesPerMessage: Int
+    /// Ticks between repeats of an unanswered repair request.
+    public var repairRetryTicks: Int
+
+    public init(members: [NodeID], selfID: NodeID, heartbeatTicks: Int = 10,
+                electionTimeoutMinTicks: Int = 15, electionTimeoutMaxTicks: Int = 30,
+                maxEntriesPerMessage: Int = 100, repairRetryTicks: Int? = nil) {
+        precondition(!members.isEmpty, "a cluster has at least one member")
+        precondition(Set(members).count == members.count, "member ids are unique")
+        precondition(members.contains(selfID), "this replica is a member")
+        precondition(heartbeatTicks >= 1 && electionTimeoutMinTicks > heartbeatTicks
+                     && electionTimeoutMaxTicks >= electionTimeoutMinTicks, "heartbeat < election timeouts")
+        self.members = members.sorted()
+        self.selfID = selfID
+        self.heartbeatTicks = heartbeatTicks
+        self.electionTimeoutMinTicks = electionTimeoutMinTicks
+        self.electionTimeoutMaxTicks = electionTimeoutMaxTicks
+        self.maxEntriesPerMessage = max(1, maxEntriesPerMessage)
+        self.repairRetryTicks = repairRetryTicks ?? heartbeatTicks
+    }
+
+    /// A majority: f + 1 of 2f + 1.
+    public var quorum: Int { members.count / 2 + 1 }
+}
+
+/// VRR status of a replica.
+public enum ReplicaStatus: String, Sendable {
+    case normal
+    case viewChange = "view_change"
+    case recovering
+}
+
+/// What a replica had on disk when it started (journal and superblock).
+public struct DurableState: Sendable {
+    public var view: ViewNumber
+    public var logView: ViewNumber
+    /// Every durable entry, op 1 first.
+    public var log: [LogEntry]
+    /// A commit number known to be safe (superblock or projection); only a hint.
+    public var commitHint: OpNumber
+    /// True for a replica that has never started before (no superblock):
+    /// only then may the primary of view 0 start in normal status.
+    public var isFresh: Bool
+
+    public init(view: ViewNumber = 0, logView: ViewNumber = 0, log: [LogEntry] = [], commitHint: OpNumber = 0,
+                isFresh: Bool = false) {
+        self.view = view; self.logView = logView; self.log = log; self.commitHint = commitHint
+        self.isFresh = isFresh
+    }
+}
+
+/// A write handed to the primary by the runtime; `id` is the runtime's token.
+public struct ClientRequest: Sendable, Equatable {
+    public var id: UInt64
+    public var session: ClientSession?
+    public var payload: [UInt8]
+
+    public init(id: UInt64, session: ClientSession?, payload: [UInt8]) {
+        self.id = id; self.session = session; self.payload = payload
+    }
+}
+
+/// Why a request was not put in the log. Nothing was logged in every case.
+public enum RequestRejection: Sendable, Equatable {
+    /// This replica is not a primary in normal status; `leader` is the primary
+    /// it knows of (to forward to), nil while there is no leader.
+    case notPrimary(leader: NodeID?)
+    /// The session already has request `outstanding` in the uncommitted log.
+    case inProgress(outstanding: UInt64)
+    /// The number is lower than the session's request in the uncommitted log.
+    case stale(last: UInt64)
+}
+
+/// Input to the replica.
+public enum ReplicaEvent: Sendable {
+    case message(Message, from: NodeID)
+    /// One tick of time has passed.
+    case tick
+    /// The journal is durable through `throughOp` (fsynced, or written under async).
+    case persisted(throughOp: OpNumber)
+    /// Writes to append; `nowMs` is the runtime's wall clock for timestamps.
+    case clientRequests([ClientRequest], nowMs: Int64)
+    /// A strong read wants a linearizable read point.
+    case readRequest(id: UInt64)
+}
+
+/// Things worth logging and counting; the core itself cannot log.
+public enum ReplicaNote: Sendable, Equatable {
+    case electionTimeout(view: ViewNumber)
+    case viewChangeStarted(view: ViewNumber)
+    case becamePrimary(view: ViewNumber, op: OpNumber, commit: OpNumber)
+    case becameBackup(view: ViewNumber, primary: NodeID)
+    /// The primary lost its quorum of heartbeat acknowledgements.
+    case steppedDown(view: ViewNumber)
+    /// Entries are missing or diverge; asked `from` for them.
+    case repairRequested(from: NodeID, op: OpNumber)
+    /// A message from an older view was ignored.
+    case staleMessage(name: String, view: ViewNumber, from: NodeID)
+    /// An entry failed its checksum or chain check and was discarded.
+    case badEntry(op: OpNumber, from: NodeID)
+}
+
+/// Output of the replica; the runtime performs these in order.
+public enum ReplicaAction: Sendable, Equatable {
+    case send(Message, to: NodeID)
+    /// Durably record view and log view (superblock) before the next action.
+    case persistViewState(view: ViewNumber, logView: ViewNumber)
+    /// Remove every entry above `after`, durably, before the next append.
+    case truncateLog(after: OpNumber)
+    /// Append to the journal; the runtime syncs later and feeds `.persisted`.
+    case append([LogEntry])
+    /// Ops through `through` are committed: apply them to the projection.
+    case commit(through: OpNumber)
+    /// The request is in the log as `op`; its reply comes when `op` is applied.
+    case accepted(requestID: UInt64, op: OpNumber)
+    case rejected(requestID: UInt64, RequestRejection)
+    /// Serve the strong read once the projection has applied `atOp`.
+    case readReady(id: UInt64, atOp: OpNumber)
+    /// Leadership was lost before the read could be confirmed.
+    case readFailed(id: UInt64)
+    case note(ReplicaNote)
+}
+
+/// A small seeded generator (SplitMix64) so that a simulation seed replays
+/// exactly; the runtime seeds it from the system generator.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    private var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// A VSR replica (Viewstamped Replication Revisited, §4–5). Pure: no
+/// sockets, no clocks, no files, no randomness of its own. The runtime, the
+/// simulator and unit tests all drive it through `handle(_:)`.
+///
+/// Invariants (checked with `precondition` after every event):
+/// - `log[i].op == i + 1` and every entry chains onto the one before it;
+/// - `commitNumber <= op` and the commit number never decreases;
+/// - `verifiedOp <= op`, `durableOp <= op`;
+/// - a backup only acknowledges ops that are durable and verified against
+///   the primary's log of the current view.
+public struct Replica: Sendable {
+    public let configuration: ReplicaConfiguration
+    public private(set) var view: ViewNumber
+    public private(set) var status: ReplicaStatus
+    /// The latest view in which this replica's status was normal (VRR §4.2).
+    public private(set) var logView: ViewNumber
+    /// The log, in memory. Entry for op `n` is `log[n - 1]`.
+    public private(set) var log: [LogEntry]
+    public private(set) var commitNumber: OpNumber
+    /// The journal is durable through this op.
+    public private(set) var durableOp: OpNumber
+    /// The log is known equal to the current view's log through this op.
+    public private(set) var verifiedOp: OpNumber
+
+    private var rng: SplitMix64
+    private var now: UInt64 = 0
+    private var electionDeadline: UInt64 = 0
+    private var lastHeartbeatSent: UInt64 = 0
+    private var highestTimestamp: Int64
+
+    // Backup state.
+    private var lastAckedOp: OpNumber = 0
+    private var repairRequestedAt: UInt64? = nil
+
+    // Primary state.
+    private var ackedOp: [NodeID: OpNumber] = [:]
+    private var lastAckTick: [NodeID: UInt64] = [:]
+    private var ackedSequence: [NodeID: UInt64] = [:]
+    private var heartbeatSequence: UInt64 = 0
+    private var pendingReads: [(id: UInt64, sequence: UInt64)] = []
+    /// Op of the last entry of the log this primary started its view with.
+    private var viewStartOp: OpNumber = 0
+    /// Sessions with a request in the uncommitted log: client → (number, op).
+    private var inflightSessions: [String: (requestNumber: UInt64, op: OpNumber)] = [:]
+
+    // View change state.
+    private var startViewChangeFrom: Set<NodeID> = []
+    private var doViewChanges: [NodeID: DoViewChange] = [:]
+    private var sentDoViewChange = false
+    /// While the new primary fetches the committed prefix the chosen log assumes.
+    private var pendingViewStart: (chosen: DoViewChange, from: NodeID, commit: OpNumber)? = nil
+
+    private var actions: [ReplicaAction] = []
+
+    /// Restores a replica from what its disk held.
+    ///
+    /// A replica that was primary of its persisted view does not resume as
+    /// primary: it may have lost entries it had not fsynced while backups
+    /// acknowledged them, so it starts a view change instead (see DESIGN.md §3).
+    public init(configuration: ReplicaConfiguration, durable: DurableState, seed: UInt64) {
+        self.configuration = configuration
+        self.view = durable.view
+        self.logView = min(durable.logView, durable.view)
+        self.log = durable.log
+        for (index, entry) in durable.log.enumerated() {
+            precondition(entry.op == OpNumber(index + 1), "durable log is contiguous from op 1")
+        }
+        let op = OpNumber(durable.log.count)
+        self.commitNumber = min(durable.commitHint, op)
+        self.durableOp = op
+        self.verifiedOp = durable.logView == durable.view ? op : min(durable.commitHint, op)
+        self.rng = SplitMix64(seed: seed)
+        self.highestTimestamp = durable.log.last?.timestampMs ?? 0
+        self.status = durable.logView == durable.view ? .normal : .viewChange
+        resetElectionTimer()
+        if configuration.members.count == 1 {
+            // A one-node cluster is its own quorum.
+            status = .normal
+            logView = view
+            verifiedOp = op
+            becomePrimaryState()
+        } else if durable.isFresh {
+            precondition(durable.view == 0 && durable.log.isEmpty, "a fresh replica has no state")
+            if isPrimary { becomePrimaryState() }
+        } else if status == .normal && isPrimary {
+            // Restarted as primary of its view: it may have lost entries it
+            // had not fsynced, so it must not lead this view again. It waits
+            // in view change; a newer primary's heartbeat or its own
+            // election timeout moves it on.
+            status = .viewChange
+        }
+    }
+
+    // MARK: - Derived state
+
+    public var op: OpNumber { OpNumber(log.count) }
+    public var selfID: NodeID { configuration.selfID }
+    public func primary(of view: ViewNumber) -> NodeID {
+        configuration.members[Int(view % UInt64(configuration.members.count))]
+    }
+    public var isPrimary: Bool { primary(of: view) == selfID }
+    /// The leader this replica knows of: the primary of its view in normal status.
+    public var leader: NodeID? { status == .normal ? primary(of: view) : nil }
+    /// True when this primary may serve strong reads: it has committed the
+    /// log it started its view with.
+    public var hasCommittedViewStart: Bool { status == .normal && isPrimary && commitNumber >= viewStartOp }
+
+    public func entry(_ op: OpNumber) -> LogEntry? {
+        guard op >= 1, op <= self.op else { return nil }
+        return log[Int(op - 1)]
+    }
+
+    /// Entries `from ... through`, clamped to the log.
+    public func entries(from: OpNumber, through: OpNumber) -> ArraySlice<LogEntry> {
+        let low = max(from, 1), high = min(through, op)
+        guard low <= high else { return [] }
+        return log[Int(low - 1)..<Int(high)]
+    }
+
+    private var others: [NodeID] { configuration.members.filter { $0 != selfID } }
+    private func checksum(at op: OpNumber) -> Checksum { entry(op)?.checksum ?? .zero }
+
+    // MARK: - Driving
+
+    /// Feeds one event; returns the actions to perform, in order.
+    public mutating func handle(_ event: ReplicaEvent) -> [ReplicaAction] {
+        actions.removeAll(keepingCapacity: true)
+        switch event {
+        case .tick: onTick()
+        case .persisted(let through): onPersisted(through)
+        case .clientRequests(let requests, let nowMs): onClientRequests(requests, nowMs: nowMs)
+        case .readRequest(let id): onReadRequest(id)
+        case .message(let message, let from):
+            if configuration.members.contains(from), from != selfID { onMessage(message, from: from) }
+        }
+        checkInvariants()
+        return actions
+    }
+
+    private func checkInvariants() {
+        precondition(commitNumber <= op, "commit \(commitNumber) <= op \(op)")
+        precondition(verifiedOp <= op && durableOp <= op, "verified/durable within the log")
+        precondition(logView <= view, "log view <= view")
+    }
+
+    private mutating func emit(_ action: ReplicaAction) { actions.append(action) }
+    private mutating func send(_ message: Message, to node: NodeID) { emit(.send(message, to: node)) }
+    private mutating func broadcast(_ message: Message) { for node in others { send(message, to: node) } }
+
+    private mutating func resetElectionTimer() {
+        let low = configuration.electionTimeoutMinTicks, high = configuration.electionTimeoutMaxTicks
+        electionDeadline = now + UInt64(Int.random(in: low...high, using: &rng))
+    }
+
+    // MARK: - Time
+
+    private mutating func onTick() {
+        now += 1
+        switch status {
+        case .normal where isPrimary:
+            if configuration.members.count > 1 && !hasQuorumOfRecentAcks() {
+                emit(.note(.steppedDown(view: view)))
+                startViewChange(to: view + 1)
+                return
+            }
+            if now - lastHeartbeatSent >= UInt64(configuration.heartbeatTicks) { sendHeartbeat() }
+        case .normal:
+            if now >= electionDeadline {
+                emit(.note(.electionTimeout(view: view)))
+                startViewChange(to: view + 1)
+                return
+            }
+            retryRepairIfDue()
+        case .viewChange:
+            if now >= electionDeadline {
+                emit(.note(.electionTimeout(view: view)))
+                startViewChange(to: view + 1)
+                return
+            }
+            if let pending = pendingViewStart, let requested = repairRequestedAt,
+               now - requested >= UInt64(configuration.repairRetryTicks) {
+                requestRepair(from: pending.from, op: commitNumber + 1)
+            }
+        case .recovering:
+            break
+        }
+    }
+
+    private func hasQuorumOfRecentAcks() -> Bool {
+        let window = UInt64(configuration.electionTimeoutMaxTicks)
+        var count = 1
+        for node in others where now - (lastAckTick[node] ?? 0) <= window { count += 1 }
+        return count >= configuration.quorum
+    }
+
+    private mutating func sendHeartbeat() {
+        heartbeatSequence += 1
+        lastHeartbeatSent = now
+        broadcast(.commit(view: view, commit: commitNumber, op: op, sequence: heartbeatSequence))
+    }
+
+    // MARK: - Storage completions
+
+    private mutating func onPersisted(_ through: OpNumber) {
+        let newDurable = min(through, op)
+        guard newDurable > durableOp else { return }
+        durableOp = newDurable
+        guard status == .normal else { return }
+        if isPrimary {
+            advancePrimaryCommit()
+        } else {
+            acknowledgeIfNew()
+        }
+    }
+
+    /// Backup: send prepare_ok for what is durable and verified (§4.1 step 4).
+    private mutating func acknowledgeIfNew() {
+        guard logView == view else { return }
+        let ackable = min(durableOp, verifiedOp)
+        guard ackable > lastAckedOp else { return }
+        lastAckedOp = ackable
+        send(.prepareOK(view: view, op: ackable), to: primary(of: view))
+    }
+
+    // MARK: - Client requests (§4.1 steps 1–3)
+
+    private mutating func onClientRequests(_ requests: [ClientRequest], nowMs: Int64) {
+        guard status == .normal, isPrimary else {
+            for request in requests { emit(.rejected(requestID: request.id, .notPrimary(leader: leader))) }
+            return
+        }
+        var newEntries: [LogEntry] = []
+        for request in requests {
+            if let session = request.session, let inflight = inflightSessions[session.clientID], inflight.op > commitNumber {
+                if session.requestNumber == inflight.requestNumber {
+                    // A retry of a request already prepared: never prepare it twice.
+                    emit(.accepted(requestID: request.id, op: inflight.op))
+                } else if session.requestNumber > inflight.requestNumber {
+                    emit(.rejected(requestID: request.id, .inProgress(outstanding: inflight.requestNumber)))
+                } else {
+                    emit(.rejected(requestID: request.id, .stale(last: inflight.requestNumber)))
+                }
+                continue
+            }
+            highestTimestamp = max(highestTimestamp, nowMs)
+            let entry = LogEntry(op: op + 1, view: view, timestampMs: highestTimestamp, session: request.session,
+                                 payload: request.payload, parent: checksum(at: op))
+            log.append(entry)
+            verifiedOp = op
+            newEntries.append(entry)
+            if let session = request.session {
+                inflightSessions[session.clientID] = (session.requestNumber, entry.op)
+            }
+            emit(.accepted(requestID: request.id, op: entry.op))
+        }
+        guard !newEntries.isEmpty else { return }
+        emit(.append(newEntries))
+        var start = 0
+        while start < newEntries.count {
+            let chunk = Array(newEntries[start..<min(start + configuration.maxEntriesPerMessage, newEntries.count)])
+            broadcast(.prepare(view: view, commit: commitNumber, entries: chunk))
+            start += chunk.count
+        }
+        lastHeartbeatSent = now
+        if configuration.members.count == 1 { advancePrimaryCommit() }
+    }
+
+    // MARK: - Strong reads
+
+    private mutating func onReadRequest(_ id: UInt64) {
+        guard status == .normal, isPrimary else {
+            emit(.readFailed(id: id))
+            return
+        }
+        if configuration.members.count == 1 {
+            if hasCommittedViewStart { emit(.readReady(id: id, atOp: commitNumber)) } else {
+                pendingReads.append((id, 0))
+            }
+            return
+        }
+        // Confirm leadership with a heartbeat sent after the read arrived.
+        sendHeartbeat()
+        pendingReads.append((id, heartbeatSequence))
+    }
+
+    private mutating func serveConfirmedReads() {
+        guard !pendingReads.isEmpty, hasCommittedViewStart else { return }
+        var waiting: [(id: UInt64, sequence: UInt64)] = []
+        for read in pendingReads {
+            var confirmations = 1
+            for node in others where (ackedSequence[node] ?? 0) >= read.sequence { confirmations += 1 }
+            if confirmations >= configuration.quorum {
+                emit(.readReady(id: read.id, atOp: commitNumber))
+            } else {
+                waiting.append(read)
+            }
+        }
+        pendingReads = waiting
+    }
+
+    private mutating func failPendingReads() {
+        for read in pendingReads { emit(.readFailed(id: read.id)) }
+        pendingReads.removeAll()
+    }
+
+    // MARK: - Messages
+
+    private mutating func onMessage(_ message: Message, from: NodeID) {
+        guard status != .recovering else { return }
+        let messageView = message.view
+        if messageView < view {
+            // Tell a replica stuck in an old view where the cluster is.
+            emit(.note(.staleMessage(name: message.name, view: messageView, from: from)))
+            if status == .normal, isPrimary {
+                send(.commit(view: view, commit: commitNumber, op: op, sequence: heartbeatSequence), to: from)
+            }
+            return
+        }
+        switch message {
+        case .prepare(let v, let commit, let entries):
+            guard adoptViewFromPrimary(v, from: from) else { return }
+            acceptEntries(entries, primaryCommit: commit, primaryOp: entries.last?.op ?? 0, from: from)
+        case .entries(let v, let commit, let lastOp, let entries):
+            if status == .viewChange, v == view, let pending = pendingViewStart, from == pending.from {
+                acceptViewStartRepair(entries)
+                return
+            }
+            guard adoptViewFromPrimary(v, from: from) else { return }
+            acceptEntries(entries, primaryCommit: commit, primaryOp: lastOp, from: from)
+        case .commit(let v, let commit, let primaryOp, let sequence):
+            guard adoptViewFromPrimary(v, from: from) else { return }
+            send(.commitAck(view: view, sequence: sequence, op: logView == view ? min(durableOp, verifiedOp) : 0), to: from)
+            if logView < view, verifiedOp >= primaryOp {
+                // Our log already holds everything the primary has.
+                logView = view
+                emit(.persistViewState(view: view, logView: logView))
+                acknowledgeIfNew()
+            }
+            advanceBackupCommit(commit)
+            if primaryOp > verifiedOp, repairRequestedAt == nil { requestRepair(from: from, op: verifiedOp + 1) }
+        case .prepareOK(let v, let ackOp):
+            guard v == view, status == .normal, isPrimary else { return }
+            recordAck(from: from, op: ackOp)
+        case .commitAck(let v, let sequence, let ackOp):
+            guard v == view, status == .normal, isPrimary else { return }
+            ackedSequence[from] = max(ackedSequence[from] ?? 0, sequence)
+            recordAck(from: from, op: ackOp)
+        case .requestEntries(let v, let from_op):
+            onRequestEntries(view: v, from: from_op, requester: from)
+        case .startViewChange(let v):
+            onStartViewChange(v, from: from)
+        case .doViewChange(let dvc):
+            onDoViewChange(dvc, from: from)
+        case .startView(let sv):
+            onStartView(sv, from: from)
+        }
+    }
+
+    /// A message from the primary of `v`: move into `v` as a backup in normal
+    /// status if needed (§5.2: a replica that learns of a later view). Returns
+    /// false when the message must be ignored.
+    private mutating func adoptViewFromPrimary(_ v: ViewNumber, from: NodeID) -> Bool {
+        guard primary(of: v) == from, !(v == view && isPrimary) else { return false }
+        if v > view || status != .normal {
+            let wasView = view
+            view = v
+            status = .normal
+            // The log is unverified in this view beyond what is committed.
+            if wasView != v || logView < v { verifiedOp = min(verifiedOp, commitNumber) }
+            lastAckedOp = 0
+            repairRequestedAt = nil
+            resetViewChangeState()
+            emit(.persistViewState(view: view, logView: logView))
+            emit(.note(.becameBackup(view: view, primary: from)))
+        }
+        resetElectionTimer()
+        return true
+    }
+
+    /// Takes contiguous entries from the primary of the current view (a
+    /// prepare, a repair answer or a start_view suffix), checking checksums
+    /// and the hash chain. `primaryOp` is the primary's op number as the
+    /// message reports it (at least the op its view started with).
+    ///
+    /// Invariants kept (VRR §4.2 depends on them):
+    /// - a replica claims `logView == view` only once its log holds the
+    ///   primary's log through `primaryOp`, so it holds the whole log the
+    ///   view started with (everything committed before the view);
+    /// - a backup sends prepare_ok only when `logView == view`;
+    /// - entries are replaced only from the first one that differs; every
+    ///   entry after a differing one is uncommitted, so dropping it is safe.
+    private mutating func acceptEntries(_ entries: [LogEntry], primaryCommit: OpNumber, primaryOp: OpNumber, from: NodeID) {
+        if let first = entries.first, entriesAreWellFormed(entries, from: from) {
+            let anchor = first.op - 1
+            if anchor <= op, anchor <= verifiedOp || checksum(at: anchor) == first.parent,
+               checksum(at: anchor) == first.parent {
+                var index = 0
+                while index < entries.count, let mine = entry(entries[index].op),
+                      mine.checksum == entries[index].checksum {
+                    index += 1
+                }
+                if index < entries.count {
+                    truncate(after: entries[index].op - 1)
+                    let fresh = Array(entries[index...])
+                    log.append(contentsOf: fresh)
+                    emit(.append(fresh))
+                    highestTimestamp = max(highestTimestamp, fresh.last!.timestampMs)
+                }
+                verifiedOp = max(verifiedOp, entries.last!.op)
+                repairRequestedAt = nil
+                if logView < view, verifiedOp >= primaryOp {
+                    logView = view
+                    emit(.persistViewState(view: view, logView: logView))
+                }
+                acknowledgeIfNew()
+            } else if repairRequestedAt == nil {
+                requestRepair(from: from, op: verifiedOp + 1)
+            }
+        }
+        if primaryOp > verifiedOp, repairRequestedAt == nil { requestRepair(from: from, op: verifiedOp + 1) }
+        advanceBackupCommit(primaryCommit)
+    }
+
+    private mutating func entriesAreWellFormed(_ entries: [LogEntry], from: NodeID) -> Bool {
+        var previous: LogEntry? = nil
+        for entry in entries {
+            let chained = previous.map { entry.op == $0.op + 1 && entry.parent == $0.checksum } ?? (entry.op >= 1)
+            guard entry.isIntact, chained else {
+                emit(.note(.badEntry(op: entry.op, from: from)))
+                return false
+            }
+            previous = entry
+        }
+        return true
+    }
+
+    /// Drops every entry above `after` (never a committed one).
+    private mutating func truncate(after: OpNumber) {
+        guard after < op else { return }
+        precondition(after >= commitNumber, "never truncate committed ops (\(after) < \(commitNumber))")
+        log.removeSubrange(Int(after)...)
+        durableOp = min(durableOp, after)
+        verifiedOp = min(verifiedOp, after)
+        lastAckedOp = min(lastAckedOp, after)
+        emit(.truncateLog(after: after))
+    }
+
+    private mutating func requestRepair(from node: NodeID, op: OpNumber) {
+        repairRequestedAt = now
+        emit(.note(.repairRequested(from: node, op: op)))
+        send(.requestEntries(view: view, from: op), to: node)
+    }
+
+    private mutating func retryRepairIfDue() {
+        guard let requested = repairRequestedAt, now - requested >= UInt64(configuration.repairRetryTicks) else { return }
+        repairRequestedAt = nil
+        requestRepair(from: primary(of: view), op: verifiedOp + 1)
+    }
+
+    private mutating func advanceBackupCommit(_ primaryCommit: OpNumber) {
+        let target = min(primaryCommit, verifiedOp)
+        guard target > commitNumber else { return }
+        commitNumber = target
+        emit(.commit(through: commitNumber))
+    }
+
+    private mutating func onRequestEntries(view v: ViewNumber, from first: OpNumber, requester: NodeID) {
+        guard v == view, first >= 1 else { return }
+        let normalPrimary = status == .normal && isPrimary
+        // In a view change, the sender of the chosen log serves the new
+        // primary the committed prefix it is missing.
+        let viewChangeServer = status == .viewChange && requester == primary(of: view)
+        guard normalPrimary || viewChangeServer else { return }
+        let through = normalPrimary ? op : commitNumber
+        let chunk = Array(entries(from: first, through: min(through, first + OpNumber(configuration.maxEntriesPerMessage) - 1)))
+        send(.entries(view: view, commit: commitNumber, lastOp: through, entries: chunk), to: requester)
+    }
+
+    private mutating func recordAck(from node: NodeID, op ackOp: OpNumber) {
+        lastAckTick[node] = now
+        if ackOp > ackedOp[node] ?? 0 { ackedOp[node] = min(ackOp, op) }
+        advancePrimaryCommit()
+        serveConfirmedReads()
+    }
+
+    /// §4.1 step 5: commit what a quorum (this primary's durable log included) holds.
+    private mutating func advancePrimaryCommit() {
+        var acks = [durableOp]
+        for node in others { acks.append(ackedOp[node] ?? 0) }
+        acks.sort(by: >)
+        let quorumOp = acks[configuration.quorum - 1]
+        if quorumOp > commitNumber {
+            commitNumber = quorumOp
+            emit(.commit(through: commitNumber))
+            inflightSessions = inflightSessions.filter { $0.value.op > commitNumber }
+        }
+        serveConfirmedReads()
+    }
+
+    // MARK: - View change (§4.2)
+
+    private mutating func resetViewChangeState() {
+        startViewChangeFrom.removeAll()
+        doViewChanges.removeAll()
+        sentDoViewChange = false
+        pendingViewStart = nil
+    }
+
+    private mutating func startViewChange(to newView: ViewNumber) {
+        precondition(newView > view || (newView == view && status != .normal))
+        failPendingReads()
+        view = newView
+        status = .viewChange
+        resetViewChangeState()
+        repairRequestedAt = nil
+        resetElectionTimer()
+        emit(.persistViewState(view: view, logView: logView))
+        emit(.note(.viewChangeStarted(view: view)))
+        broadcast(.startViewChange(view: view))
+        checkStartViewChangeQuorum()
+    }
+
+    private mutating func onStartViewChange(_ v: ViewNumber, from: NodeID) {
+        if v > view { startViewChange(to: v) }
+        guard v == view, status == .viewChange else { return }
+        startViewChangeFrom.insert(from)
+        checkStartViewChangeQuorum()
+    }
+
+    private mutating func checkStartViewChangeQuorum() {
+        guard status == .viewChange, !sentDoViewChange,
+              startViewChangeFrom.count + 1 >= configuration.quorum else { return }
+        sentDoViewChange = true
+        let dvc = makeDoViewChange()
+        if isPrimary {
+            doViewChanges[selfID] = dvc
+            checkDoViewChangeQuorum()
+        } else {
+            send(.doViewChange(dvc), to: primary(of: view))
+        }
+    }
+
+    /// Our whole log is a prefix of the log of `logView`; send what lies
+    /// past our commit number.
+    private func makeDoViewChange() -> DoViewChange {
+        DoViewChange(view: view, logView: logView, op: op, commit: commitNumber,
+                     commitChecksum: checksum(at: commitNumber),
+                     suffix: Array(entries(from: commitNumber + 1, through: op)))
+    }
+
+    private mutating func onDoViewChange(_ dvc: DoViewChange, from: NodeID) {
+        if dvc.view > view { startViewChange(to: dvc.view) }
+        guard dvc.view == view, status == .viewChange, isPrimary else { return }
+        doViewChanges[from] = dvc
+        // A do_view_change means the sender saw a quorum of start_view_change.
+        startViewChangeFrom.insert(from)
+        checkStartViewChangeQuorum()
+        checkDoViewChangeQuorum()
+    }
+
+    private mutating func checkDoViewChangeQuorum() {
+        guard status == .viewChange, isPrimary, pendingViewStart == nil,
+              doViewChanges[selfID] != nil, doViewChanges.count >= configuration.quorum else { return }
+        // §4.2 step 4: the log with the largest log view, then the largest op.
+        let (chosenFrom, chosen) = doViewChanges.max { a, b in
+            (a.value.logView, a.value.op, a.key) < (b.value.logView, b.value.op, b.key)
+        }!
+        let newCommit = doViewChanges.values.map(\.commit).max()!
+        if chosen.commit <= op, checksum(at: chosen.commit) == chosen.commitChecksum {
+            completeViewStart(chosen: chosen, commit: newCommit)
+        } else {
+            // We lack (or hold a different copy of) the committed prefix the
+            // chosen log builds on: fetch it from the sender first.
+            pendingViewStart = (chosen, chosenFrom, newCommit)
+            truncate(after: commitNumber)
+            requestRepair(from: chosenFrom, op: commitNumber + 1)
+        }
+    }
+
+    private mutating func acceptViewStartRepair(_ entries: [LogEntry]) {
+        guard let pending = pendingViewStart, let first = entries.first, first.op == op + 1,
+              first.parent == checksum(at: op) else { return }
+        var fresh: [LogEntry] = []
+        var parent = checksum(at: op)
+        for entry in entries where entry.op <= pending.chosen.commit {
+            guard entry.isIntact, entry.parent == parent, entry.op == op + OpNumber(fresh.count) + 1 else { break }
+            fresh.append(entry)
+            parent = entry.checksum
+        }
+        guard !fresh.isEmpty else { return }
+        log.append(contentsOf: fresh)
+        emit(.append(fresh))
+        repairRequestedAt = nil
+        if op >= pending.chosen.commit {
+            guard checksum(at: pending.chosen.commit) == pending.chosen.commitChecksum else { return }
+            completeViewStart(chosen: pending.chosen, commit: pending.commit)
+        } else {
+            requestRepair(from: pending.from, op: op + 1)
+        }
+    }
+
+    private mutating func completeViewStart(chosen: DoViewChange, commit newCommit: OpNumber) {
+        // New log: our prefix through chosen.commit (proven equal by the
+        // checksum), then the chosen suffix.
+        var divergeAt = chosen.commit + 1
+        for entry in chosen.suffix {
+            guard let mine = self.entry(entry.op), mine.checksum == entry.checksum else { break }
+            divergeAt = entry.op + 1
+        }
+        truncate(after: divergeAt - 1)
+        let fresh = chosen.suffix.filter { $0.op >= divergeAt }
+        if !fresh.isEmpty {
+            log.append(contentsOf: fresh)
+            emit(.append(fresh))
+        }
+        precondition(op == chosen.op, "the new log ends at the chosen op")
+        precondition(newCommit <= op, "the chosen log holds every committed op")
+        for entry in fresh { highestTimestamp = max(highestTimestamp, entry.timestampMs) }
+        let senderCommits = doViewChanges.values.map(\.commit)
+        if newCommit > commitNumber {
+            commitNumber = newCommit
+            emit(.commit(through: commitNumber))
+        }
+        status = .normal
+        logView = view
+        verifiedOp = op
+        emit(.persistViewState(view: view, logView: logView))
+        becomePrimaryState()
+        emit(.note(.becamePrimary(view: view, op: op, commit: newCommit)))
+        // §4.2 step 5: start_view to the others, from the lowest commit we heard.
+        let from = (senderCommits.min() ?? commitNumber) + 1
+        // At least the last entry goes, so a backup can check its chain; at
+        // most a few messages' worth, the rest is fetched by repair.
+        let window = OpNumber(4 * configuration.maxEntriesPerMessage)
+        let suffixStart = min(max(from, op >= window ? op - window + 1 : 1), max(op, 1))
+        let startView = StartView(view: view, op: op, commit: newCommit,
+                                  suffix: Array(entries(from: suffixStart, through: op)))
+        broadcast(.startView(startView))
+        resetViewChangeState()
+        advancePrimaryCommit()
+    }
+
+    private mutating func becomePrimaryState() {
+        ackedOp.removeAll()
+        ackedSequence.removeAll()
+        lastAckTick = Dictionary(uniqueKeysWithValues: others.map { ($0, now) })
+        viewStartOp = op
+        lastHeartbeatSent = now
+        pendingReads.removeAll()
+        inflightSessions.removeAll()
+        for entry in entries(from: commitNumber + 1, through: op) {
+            if let session = entry.session { inflightSessions[session.clientID] = (session.requestNumber, entry.op) }
+        }
+        highestTimestamp = max(highestTimestamp, log.last?.timestampMs ?? 0)
+    }
+
+    private mutating func onStartView(_ sv: StartView, from: NodeID) {
+        guard primary(of: sv.view) == from, sv.view >= view else { return }
+        if sv.view == view && status == .normal { return }
+        view = sv.view
+        status = .normal
+        resetViewChangeState()
+        repairRequestedAt = nil
+        lastAckedOp = 0
+        failPendingReads()
+        if logView < view { verifiedOp = min(verifiedOp, commitNumber) }
+        emit(.persistViewState(view: view, logView: logView))
+        emit(.note(.becameBackup(view: view, primary: from)))
+        resetElectionTimer()
+        // Entries past the new log's end are not part of it (the new log
+        // holds every committed op, so this never drops a committed one).
+        if op > sv.op { truncate(after: max(sv.op, commitNumber)) }
+        if sv.op == 0 {
+            logView = view
+            emit(.persistViewState(view: view, logView: logView))
+            return
+        }
+        acceptEntries(sv.suffix, primaryCommit: sv.commit, primaryOp: sv.op, from: from)
+    }
+}

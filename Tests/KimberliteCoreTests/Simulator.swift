@@ -1,0 +1,397 @@
+import KimberliteCore
+
+/// A deterministic cluster simulator in the style of TigerBeetle's VOPR:
+/// real `Replica` values driven by a seeded network (drop, delay, reorder,
+/// duplicate, partition), a seeded disk (writes are volatile until a sync;
+/// a crash keeps a random prefix of unsynced writes) and crash/restart of
+/// any minority. Safety is checked after every step; liveness after the
+/// faults heal.
+struct Simulator {
+    struct Options {
+        var replicaCount = 3
+        var faultTicks = 600
+        var healTicks = 2500
+        var dropProbability = 0.05
+        var duplicateProbability = 0.02
+        var maxDelayTicks = 6
+        var crashProbability = 0.004
+        var partitionProbability = 0.004
+        var clientCount = 3
+        var requestProbability = 0.3
+        var trace = false
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        let seed: UInt64
+        let tick: Int
+        let message: String
+        var description: String {
+            "seed \(seed) tick \(tick): \(message)\n  reproduce: KMB_SIM_SEED=\(seed) swift test --filter SimulationTests/replaySeed"
+        }
+    }
+
+    struct Statistics {
+        var viewChanges = 0
+        var crashes = 0
+        var partitions = 0
+        var acknowledged = 0
+        var committedOps: OpNumber = 0
+    }
+
+    private struct Node {
+        var replica: Replica
+        var up = true
+        /// What the journal holds, durable and not; `synced` entries are durable.
+        var disk: [LogEntry] = []
+        var synced = 0
+        var superblock: (view: ViewNumber, logView: ViewNumber) = (0, 0)
+        var commitHint: OpNumber = 0
+        var restartAt = 0
+        var waiters: [UInt64: (client: Int, op: OpNumber, checksum: Checksum)] = [:]
+        var restarts = 0
+    }
+
+    private struct InFlight {
+        var deliverAt: Int
+        var from: NodeID
+        var to: NodeID
+        var message: Message
+    }
+
+    private struct Client {
+        var requestNumber: UInt64 = 0
+        var outstanding: (payload: [UInt8], sentAt: Int, target: NodeID)? = nil
+        var nextTarget: NodeID
+    }
+
+    let seed: UInt64
+    let options: Options
+    private var rng: SplitMix64
+    private var nodes: [Node] = []
+    private var network: [InFlight] = []
+    private var clients: [Client] = []
+    private var tick = 0
+    private var isolated: Set<NodeID> = []
+    private var partitionEndsAt = 0
+    private var committed: [OpNumber: Checksum] = [:]
+    private var acknowledged: [(op: OpNumber, checksum: Checksum)] = []
+    private var nextRequestID: UInt64 = 1
+    private(set) var statistics = Statistics()
+    private var faultsActive = true
+    private var clientsStopped = false
+    private var traceLines: [String] = []
+
+    init(seed: UInt64, options: Options = Options()) {
+        self.seed = seed
+        self.options = options
+        self.rng = SplitMix64(seed: seed)
+        let members = (1...options.replicaCount).map { NodeID($0) }
+        for id in members {
+            let configuration = ReplicaConfiguration(
+                members: members, selfID: id, heartbeatTicks: 3,
+                electionTimeoutMinTicks: 12, electionTimeoutMaxTicks: 24, maxEntriesPerMessage: 8)
+            let replica = Replica(configuration: configuration, durable: DurableState(isFresh: true),
+                                  seed: seed &* 31 &+ UInt64(id))
+            nodes.append(Node(replica: replica))
+        }
+        clients = (0..<options.clientCount).map { _ in Client(nextTarget: 1) }
+    }
+
+    private var members: [NodeID] { (1...options.replicaCount).map { NodeID($0) } }
+    private var faultTolerance: Int { (options.replicaCount - 1) / 2 }
+
+    private mutating func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &rng) < p }
+
+    private func log(_ line: @autoclosure () -> String) {
+        if options.trace { print("[\(tick)] \(line())") }
+    }
+
+    // MARK: - Running
+
+    /// Runs the fault phase then the heal phase; throws on a safety or liveness failure.
+    mutating func run() throws -> Statistics {
+        while tick < options.faultTicks {
+            try step()
+        }
+        // Heal: everyone up, no partition, no loss; the cluster must converge.
+        faultsActive = false
+        isolated.removeAll()
+        for index in nodes.indices where !nodes[index].up { restart(index) }
+        let healDeadline = tick + options.healTicks
+        let target = statistics.acknowledged + options.clientCount * 2
+        while tick < healDeadline {
+            // Once enough new requests were acknowledged, clients stop
+            // sending new ones so the replicas can settle.
+            if statistics.acknowledged >= target { clientsStopped = true }
+            try step()
+            if clientsStopped && converged() { break }
+        }
+        guard statistics.acknowledged >= target else {
+            throw fail("liveness: only \(statistics.acknowledged) of \(target) requests acknowledged after healing; \(stateSummary())")
+        }
+        guard converged() else { throw fail("liveness: replicas did not converge: \(stateSummary())") }
+        try checkFinalState()
+        statistics.committedOps = nodes.map(\.replica.commitNumber).max() ?? 0
+        return statistics
+    }
+
+    private func stateSummary() -> String {
+        nodes.map { node in
+            let r = node.replica
+            return "n\(r.selfID){\(node.up ? "up" : "down") \(r.status.rawValue) v\(r.view) lv\(r.logView) op\(r.op) c\(r.commitNumber) d\(r.durableOp) vo\(r.verifiedOp)}"
+        }.joined(separator: " ")
+    }
+
+    private func converged() -> Bool {
+        let live = nodes.filter(\.up)
+        guard live.count == nodes.count else { return false }
+        let first = live[0].replica
+        return live.allSatisfy { node in
+            node.replica.status == .normal && node.replica.view == first.view
+                && node.replica.commitNumber == first.commitNumber && node.replica.op == node.replica.commitNumber
+        } && first.leader != nil
+    }
+
+    private func fail(_ message: String) -> Failure { Failure(seed: seed, tick: tick, message: message) }
+
+    private mutating func step() throws {
+        tick += 1
+        if faultsActive { injectFaults() }
+        for index in nodes.indices where !nodes[index].up && tick >= nodes[index].restartAt && faultsActive {
+            restart(index)
+        }
+        // Deliver due messages, in a seeded order.
+        var due: [InFlight] = []
+        var later: [InFlight] = []
+        for message in network { if message.deliverAt <= tick { due.append(message) } else { later.append(message) } }
+        network = later
+        due.shuffle(using: &rng)
+        for message in due {
+            let index = Int(message.to) - 1
+            guard nodes[index].up, !blocked(message.from, message.to) else { continue }
+            try feed(index, .message(message.message, from: message.from))
+        }
+        // Disk syncs complete at random.
+        for index in nodes.indices where nodes[index].up && nodes[index].synced < nodes[index].disk.count {
+            if chance(0.6) {
+                nodes[index].synced = nodes[index].disk.count
+                try feed(index, .persisted(throughOp: OpNumber(nodes[index].disk.count)))
+            }
+        }
+        for index in nodes.indices where nodes[index].up { try feed(index, .tick) }
+        try driveClients()
+    }
+
+    private func blocked(_ a: NodeID, _ b: NodeID) -> Bool {
+        isolated.contains(a) != isolated.contains(b)
+    }
+
+    private mutating func injectFaults() {
+        if tick >= partitionEndsAt, !isolated.isEmpty {
+            log("partition healed")
+            isolated.removeAll()
+        }
+        if isolated.isEmpty, chance(options.partitionProbability) {
+            let size = Int.random(in: 1...faultTolerance, using: &rng)
+            isolated = Set(members.shuffled(using: &rng).prefix(size))
+            partitionEndsAt = tick + Int.random(in: 20...200, using: &rng)
+            statistics.partitions += 1
+            let names = isolated.sorted()
+            log("partition isolates \(names)")
+        }
+        let down = nodes.filter { !$0.up }.count
+        if down < faultTolerance, chance(options.crashProbability) {
+            let candidates = nodes.indices.filter { nodes[$0].up }
+            let victim = candidates.randomElement(using: &rng)!
+            crash(victim)
+        }
+    }
+
+    private mutating func crash(_ index: Int) {
+        var node = nodes[index]
+        // Power loss: unsynced writes survive only as a prefix, if at all.
+        let unsynced = node.disk.count - node.synced
+        let kept = unsynced > 0 ? Int.random(in: 0...unsynced, using: &rng) : 0
+        node.disk.removeSubrange((node.synced + kept)...)
+        node.synced = node.disk.count
+        node.up = false
+        node.restartAt = tick + Int.random(in: 10...150, using: &rng)
+        node.waiters.removeAll()
+        // The commit hint survives as the superblock would have it: maybe stale.
+        node.commitHint = chance(0.5) ? min(node.replica.commitNumber, OpNumber(node.disk.count)) : 0
+        nodes[index] = node
+        statistics.crashes += 1
+        log("crash n\(index + 1) keeping \(node.disk.count) entries")
+    }
+
+    private mutating func restart(_ index: Int) {
+        let node = nodes[index]
+        let configuration = node.replica.configuration
+        let durable = DurableState(view: node.superblock.view, logView: node.superblock.logView,
+                                   log: node.disk, commitHint: node.commitHint)
+        nodes[index].replica = Replica(configuration: configuration, durable: durable,
+                                       seed: seed &+ UInt64(tick) &* 7 &+ UInt64(index))
+        nodes[index].up = true
+        nodes[index].restarts += 1
+        log("restart n\(index + 1) v\(durable.view) lv\(durable.logView) op\(durable.log.count)")
+    }
+
+    // MARK: - Performing actions
+
+    private mutating func feed(_ index: Int, _ event: ReplicaEvent) throws {
+        let actions = nodes[index].replica.handle(event)
+        try perform(index, actions)
+    }
+
+    private mutating func perform(_ index: Int, _ actions: [ReplicaAction]) throws {
+        let selfID = NodeID(index + 1)
+        for action in actions {
+            switch action {
+            case .send(let message, let to):
+                guard !(faultsActive && chance(options.dropProbability)) else { continue }
+                let delay = Int.random(in: 1...options.maxDelayTicks, using: &rng)
+                network.append(InFlight(deliverAt: tick + delay, from: selfID, to: to, message: message))
+                if faultsActive, chance(options.duplicateProbability) {
+                    network.append(InFlight(deliverAt: tick + delay + Int.random(in: 1...5, using: &rng),
+                                            from: selfID, to: to, message: message))
+                }
+            case .persistViewState(let view, let logView):
+                guard view >= nodes[index].superblock.view else {
+                    throw fail("n\(selfID) persisted view \(view) below \(nodes[index].superblock.view)")
+                }
+                nodes[index].superblock = (view, logView)
+            case .truncateLog(let after):
+                guard Int(after) <= nodes[index].disk.count else { throw fail("truncate past the end") }
+                nodes[index].disk.removeSubrange(Int(after)...)
+                nodes[index].synced = min(nodes[index].synced, Int(after))
+            case .append(let entries):
+                guard entries.first?.op == OpNumber(nodes[index].disk.count + 1) else {
+                    throw fail("n\(selfID) append of op \(entries.first?.op ?? 0) onto disk of \(nodes[index].disk.count)")
+                }
+                nodes[index].disk.append(contentsOf: entries)
+            case .commit(let through):
+                try recordCommits(index, through: through)
+            case .accepted(let requestID, let op):
+                guard let client = clientIndex(forRequest: requestID),
+                      let entry = nodes[index].replica.entry(op) else { continue }
+                nodes[index].waiters[requestID] = (client, op, entry.checksum)
+                log("n\(selfID) accepted request \(requestID) of client \(client) as op \(op)")
+            case .rejected(let requestID, let reason):
+                log("n\(selfID) rejected request \(requestID): \(reason)")
+                if let client = clientIndex(forRequest: requestID) {
+                    clients[client].outstanding?.sentAt = -1000
+                    if case .notPrimary(let leader?) = reason { clients[client].nextTarget = leader }
+                }
+            case .readReady, .readFailed:
+                break
+            case .note(let note):
+                if case .viewChangeStarted = note { statistics.viewChanges += 1 }
+                log("n\(selfID) \(note)")
+            }
+        }
+        // The disk must mirror the replica's log exactly.
+        let replica = nodes[index].replica
+        guard nodes[index].disk.count == replica.log.count,
+              nodes[index].disk.last?.checksum == replica.log.last?.checksum else {
+            throw fail("n\(selfID) disk (\(nodes[index].disk.count)) and memory (\(replica.log.count)) logs differ")
+        }
+        guard OpNumber(nodes[index].synced) >= replica.durableOp else {
+            throw fail("n\(selfID) claims durable \(replica.durableOp) but disk synced \(nodes[index].synced)")
+        }
+        try checkWaiters(index)
+    }
+
+    private var requestOwners: [UInt64: Int] = [:]
+    private func clientIndex(forRequest id: UInt64) -> Int? { requestOwners[id] }
+
+    /// Safety: a committed op has one value forever, on every replica, and
+    /// timestamps never go backwards along the committed log.
+    private mutating func recordCommits(_ index: Int, through: OpNumber) throws {
+        let replica = nodes[index].replica
+        let first = nodes[index].commitHint + 1
+        guard first <= through else { return }
+        for op in first...through {
+            guard let entry = replica.entry(op) else { throw fail("n\(index + 1) committed op \(op) it does not hold") }
+            if let known = committed[op] {
+                guard known == entry.checksum else {
+                    throw fail("SAFETY: op \(op) committed as \(known) elsewhere but \(entry.checksum) on n\(index + 1); \(stateSummary())")
+                }
+            } else {
+                committed[op] = entry.checksum
+            }
+            if op > 1, let previous = replica.entry(op - 1), previous.timestampMs > entry.timestampMs {
+                throw fail("timestamp went backwards at op \(op)")
+            }
+        }
+        nodes[index].commitHint = max(nodes[index].commitHint, through)
+    }
+
+    private mutating func checkWaiters(_ index: Int) throws {
+        let replica = nodes[index].replica
+        for (requestID, waiter) in nodes[index].waiters where replica.commitNumber >= waiter.op {
+            nodes[index].waiters[requestID] = nil
+            // Only the entry we were promised counts; a view change may have
+            // replaced it with another one.
+            guard replica.entry(waiter.op)?.checksum == waiter.checksum else { continue }
+            guard clients[waiter.client].outstanding != nil else { continue }
+            clients[waiter.client].outstanding = nil
+            acknowledged.append((waiter.op, waiter.checksum))
+            statistics.acknowledged += 1
+        }
+    }
+
+    // MARK: - Clients
+
+    private mutating func driveClients() throws {
+        for client in clients.indices {
+            if let outstanding = clients[client].outstanding {
+                // Retry the same request number after a timeout, elsewhere.
+                if tick - outstanding.sentAt > 40 {
+                    let target = clients[client].nextTarget
+                    try submit(client, payload: outstanding.payload, to: target)
+                    clients[client].nextTarget = NodeID(Int.random(in: 1...options.replicaCount, using: &rng))
+                }
+            } else if !clientsStopped, chance(options.requestProbability) {
+                clients[client].requestNumber += 1
+                let payload = Array("client-\(client)-request-\(clients[client].requestNumber)".utf8)
+                try submit(client, payload: payload, to: clients[client].nextTarget)
+            }
+        }
+    }
+
+    private mutating func submit(_ client: Int, payload: [UInt8], to target: NodeID) throws {
+        clients[client].outstanding = (payload, tick, target)
+        let index = Int(target) - 1
+        guard nodes[index].up else { return }
+        let id = nextRequestID
+        nextRequestID += 1
+        requestOwners[id] = client
+        let session = ClientSession(clientID: "client-\(client)", requestNumber: clients[client].requestNumber)
+        let request = ClientRequest(id: id, session: session, payload: payload)
+        try feed(index, .clientRequests([request], nowMs: Int64(1_700_000_000_000 + tick * 10)))
+    }
+
+    // MARK: - Final checks
+
+    private func checkFinalState() throws {
+        for node in nodes {
+            let replica = node.replica
+            for (op, checksum) in committed where op <= replica.commitNumber {
+                guard replica.entry(op)?.checksum == checksum else {
+                    throw fail("SAFETY: n\(replica.selfID) holds a different op \(op) than was committed")
+                }
+            }
+            for ack in acknowledged {
+                guard replica.entry(ack.op)?.checksum == ack.checksum else {
+                    throw fail("SAFETY: acknowledged op \(ack.op) missing on n\(replica.selfID); \(stateSummary())")
+                }
+            }
+            for (index, entry) in replica.log.enumerated() {
+                guard entry.isIntact, entry.op == OpNumber(index + 1),
+                      entry.parent == (index == 0 ? .zero : replica.log[index - 1].checksum) else {
+                    throw fail("n\(replica.selfID) log broken at op \(index + 1)")
+                }
+            }
+        }
+    }
+}

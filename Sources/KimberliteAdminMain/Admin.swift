@@ -1,0 +1,131 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import KimberliteServer
+import KimberliteStorage
+import NIOCore
+
+/// `kimberlite-admin`: operator commands. Exit codes: 0 success, 1 the
+/// command ran and found a problem, 64 malformed command line.
+@main
+struct KimberliteAdmin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kimberlite-admin",
+        abstract: "Operate a Kimberlite cluster.",
+        version: "kimberlite-admin \(KimberliteNode.version)",
+        subcommands: [Status.self, Verify.self, Health.self])
+}
+
+/// `kimberlite-admin status --server HOST:9090`: every member in one table.
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show every member of the cluster, found through one node.")
+
+    @Option(help: "A node's metrics address, host:port.")
+    var server = "127.0.0.1:9090"
+    @Flag(help: "Print JSON: each member's /status (null where unreachable).")
+    var json = false
+    @Option(help: "Per-request timeout in milliseconds.")
+    var timeoutMs = 2000
+
+    func run() async throws {
+        let client = HTTPClient.shared
+        let timeout = TimeAmount.milliseconds(Int64(timeoutMs))
+        guard let first = await fetchStatus(client, server, timeout) else {
+            fail("status: cannot reach \(server)/status")
+        }
+        var reports: [(StatusReport.Member, StatusReport?)] = []
+        for member in first.clusterMembers {
+            if member.nodeID == first.nodeID {
+                reports.append((member, first))
+            } else if let address = member.metricsAddress {
+                reports.append((member, await fetchStatus(client, address, timeout)))
+            } else {
+                reports.append((member, nil))
+            }
+        }
+        if json {
+            let array = reports.map { $0.1 }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: try encoder.encode(array), as: UTF8.self))
+        } else {
+            print("cluster \"\(first.clusterName)\": \(first.clusterSize) members, leader \(first.leaderID == 0 ? "none (No leader elected)" : String(first.leaderID)), seen from node \(first.nodeID)")
+            let header = ["NODE", "ROLE", "STATUS", "VIEW", "OP", "COMMIT", "APPLIED", "LAG", "STATE", "LAST_SEEN_MS", "CLUSTER_ADDRESS"]
+            var rows = [header]
+            for (member, report) in reports {
+                if let report {
+                    rows.append(["\(member.nodeID)", report.isLeader ? "leader" : "follower", report.status, "\(report.view)",
+                                 "\(report.opNumber)", "\(report.commitNumber)", "\(report.projection.appliedOp)",
+                                 "\(report.projection.lag)", member.state, member.lastSeenMs.map(String.init) ?? "-",
+                                 member.clusterAddress])
+                } else {
+                    // Unreachable from here: show what the queried node knows.
+                    rows.append(["\(member.nodeID)", "?", "unreachable", "-", "-", "-", "-", "-", member.state,
+                                 member.lastSeenMs.map(String.init) ?? "-", member.clusterAddress])
+                }
+            }
+            let widths = header.indices.map { column in rows.map { $0[column].count }.max()! }
+            for row in rows {
+                print(row.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  "))
+            }
+        }
+    }
+
+    private func fetchStatus(_ client: HTTPClient, _ address: String, _ timeout: TimeAmount) async -> StatusReport? {
+        var request = HTTPClientRequest(url: "http://\(address)/status")
+        request.method = .GET
+        guard let response = try? await client.execute(request, timeout: timeout), response.status == .ok,
+              let body = try? await response.body.collect(upTo: 4 << 20) else { return nil }
+        return try? JSONDecoder().decode(StatusReport.self, from: Data(buffer: body))
+    }
+}
+
+/// `kimberlite-admin verify --data-dir DIR`: offline check of a data directory.
+struct Verify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check every segment, checksum, hash chain and the superblock of a stopped node's data directory.")
+
+    @Option(name: .customLong("data-dir"), help: "The data directory (default /var/lib/kimberlite).")
+    var dataDir = "/var/lib/kimberlite"
+    @Flag(help: "Print the report as JSON.")
+    var json = false
+
+    func run() throws {
+        let report = DataDirectoryVerifier.verify(dataDir: dataDir)
+        if json {
+            print(report.json(pretty: true))
+        } else {
+            for line in report.textLines { print(line) }
+        }
+        if !report.ok { throw ExitCode(1) }
+    }
+}
+
+/// `kimberlite-admin health --server HOST:9090`: exit 0 when the node is
+/// ready (normal status with a known leader), 1 otherwise. Used by the
+/// container HEALTHCHECK, where no curl is installed.
+struct Health: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Exit 0 when the node answers /health/ready with 200.")
+
+    @Option(help: "The node's metrics address, host:port.")
+    var server = "127.0.0.1:9090"
+    @Flag(help: "Only check liveness (/health/live).")
+    var live = false
+
+    func run() async throws {
+        let client = HTTPClient.shared
+        let path = live ? "/health/live" : "/health/ready"
+        let request = HTTPClientRequest(url: "http://\(server)\(path)")
+        guard let response = try? await client.execute(request, timeout: .seconds(3)) else {
+            fail("health: cannot reach \(server)\(path)")
+        }
+        let body = (try? await response.body.collect(upTo: 1 << 16)).map { String(buffer: $0) } ?? ""
+        print(body)
+        if response.status != .ok { throw ExitCode(1) }
+    }
+}
+
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("kimberlite-admin: \(message)\n".utf8))
+    exit(1)
+}

@@ -1,0 +1,329 @@
+import Foundation
+import KimberliteCore
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// A member of the cluster as the peer list names it: `id=host:port`.
+public struct ClusterMember: Sendable, Equatable {
+    public var nodeID: NodeID
+    public var host: String
+    public var port: Int
+    public init(nodeID: NodeID, host: String, port: Int) { self.nodeID = nodeID; self.host = host; self.port = port }
+    public var address: String { "\(host):\(port)" }
+}
+
+/// What this node knows of one peer, for `/status` and metrics.
+struct PeerView: Sendable {
+    var connected = false
+    /// Monotonic time of the last frame received from the peer.
+    var lastSeen: NIODeadline? = nil
+    var clientAddress: String? = nil
+    var metricsAddress: String? = nil
+    /// Peer clock minus ours, seconds, smoothed (from ping/pong).
+    var clockOffsetSeconds: Double? = nil
+}
+
+/// Node-to-node TCP transport on `cluster_address` (DESIGN.md §2).
+///
+/// Each node dials every other member and sends only on its outbound
+/// connection; it receives on the connections others dialled to it. The
+/// first frame both ways is a `hello` naming cluster and node id; a peer
+/// from another cluster, an unknown id or our own id is refused with a
+/// reason. Hostnames are resolved on every (re)connect, so a peer whose name
+/// does not resolve yet is only unreachable. Frames to a peer that is not
+/// connected are dropped: VSR retransmits.
+final class ClusterTransport: @unchecked Sendable {
+    typealias Receive = @Sendable (Envelope, NodeID) -> Void
+
+    let selfID: NodeID
+    let clusterName: String
+    let members: [ClusterMember]
+    private let listenHost: String
+    private let listenPort: Int
+    private let hello: Envelope.Hello
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let receive: Receive
+    private let isLeader: @Sendable () -> Bool
+    private let state = NIOLockedValueBox(TransportState())
+    private var serverChannel: Channel?
+
+    private struct TransportState {
+        var outbound: [NodeID: Channel] = [:]
+        var connecting: Set<NodeID> = []
+        var nextAttempt: [NodeID: NIODeadline] = [:]
+        var backoff: [NodeID: TimeAmount] = [:]
+        var peers: [NodeID: PeerView] = [:]
+        var stopped = false
+        var rejectionLogged: [NodeID: String] = [:]
+    }
+
+    init(selfID: NodeID, clusterName: String, members: [ClusterMember], listenHost: String, listenPort: Int,
+         clientAddress: String, metricsAddress: String, version: String, group: EventLoopGroup, logger: Logger,
+         isLeader: @escaping @Sendable () -> Bool, receive: @escaping Receive) {
+        self.selfID = selfID
+        self.clusterName = clusterName
+        self.members = members
+        self.listenHost = listenHost
+        self.listenPort = listenPort
+        self.hello = .init(clusterName: clusterName, nodeID: selfID, clientAddress: clientAddress,
+                           metricsAddress: metricsAddress, version: version)
+        self.group = group
+        self.logger = logger
+        self.receive = receive
+        self.isLeader = isLeader
+    }
+
+    var peerIDs: [NodeID] { members.map(\.nodeID).filter { $0 != selfID } }
+
+    /// Binds the cluster port. - Throws: NIO's bind error (address in use, bad address).
+    func start() async throws {
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(EnvelopeFrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(InboundHandler(transport: self))
+                }
+            }
+        serverChannel = try await bootstrap.bind(host: listenHost, port: listenPort).get()
+        logger.info("cluster transport listening", metadata: ["address": "\(listenHost):\(listenPort)"])
+    }
+
+    func stop() {
+        let channels = state.withLockedValue { state -> [Channel] in
+            state.stopped = true
+            return Array(state.outbound.values)
+        }
+        for channel in channels { channel.close(promise: nil) }
+        serverChannel?.close(promise: nil)
+    }
+
+    /// Sends a frame to `node` over our outbound connection; dials if needed.
+    /// - Returns: false when there is no connection (the frame is dropped).
+    @discardableResult
+    func send(_ envelope: Envelope, to node: NodeID) -> Bool {
+        let channel = state.withLockedValue { $0.outbound[node] }
+        guard let channel else {
+            connect(to: node)
+            return false
+        }
+        channel.writeAndFlush(envelope.frame(allocator: channel.allocator), promise: nil)
+        return true
+    }
+
+    /// Dials every peer that is not connected (called on each heartbeat).
+    func maintainConnections() {
+        for node in peerIDs { connect(to: node) }
+    }
+
+    func snapshot() -> [NodeID: PeerView] { state.withLockedValue { $0.peers } }
+
+    private func connect(to node: NodeID) {
+        guard let member = members.first(where: { $0.nodeID == node }) else { return }
+        let now = NIODeadline.now()
+        let go = state.withLockedValue { state -> Bool in
+            guard !state.stopped, state.outbound[node] == nil, !state.connecting.contains(node),
+                  now >= state.nextAttempt[node] ?? .distantPast else { return false }
+            state.connecting.insert(node)
+            // Loopback and LAN dials are cheap; a short cap means a peer
+            // that comes back hears heartbeats before its election timeout.
+            let backoff = min((state.backoff[node] ?? .milliseconds(25)) * 2, .milliseconds(200))
+            state.backoff[node] = backoff
+            state.nextAttempt[node] = now + backoff
+            return true
+        }
+        guard go else { return }
+        let bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(.seconds(1))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(EnvelopeFrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(OutboundHandler(transport: self, peer: node))
+                }
+            }
+        bootstrap.connect(host: member.host, port: member.port).whenComplete { [self] result in
+            switch result {
+            case .success(let channel):
+                channel.writeAndFlush(Envelope.hello(hello).frame(allocator: channel.allocator), promise: nil)
+                let keep = state.withLockedValue { state -> Bool in
+                    state.connecting.remove(node)
+                    guard !state.stopped else { return false }
+                    state.outbound[node] = channel
+                    state.backoff[node] = nil
+                    return true
+                }
+                if keep {
+                    logger.debug("connected to peer", metadata: ["peer": "\(node)", "address": "\(member.address)"])
+                } else {
+                    channel.close(promise: nil)
+                }
+            case .failure(let error):
+                state.withLockedValue { _ = $0.connecting.remove(node) }
+                logger.debug("cannot reach peer", metadata: ["peer": "\(node)", "address": "\(member.address)",
+                                                             "error": "\(error)"])
+            }
+        }
+    }
+
+    fileprivate func outboundClosed(_ node: NodeID, channel: Channel) {
+        state.withLockedValue { state in
+            if state.outbound[node] === channel { state.outbound[node] = nil }
+            state.peers[node, default: PeerView()].connected = false
+        }
+    }
+
+    fileprivate func rejected(by node: NodeID, reason: String, isLeader: Bool) {
+        let first = state.withLockedValue { state -> Bool in
+            defer { state.rejectionLogged[node] = reason }
+            return state.rejectionLogged[node] != reason
+        }
+        let text = isLeader ? "Rejected by leader" : "Rejected by peer"
+        // Log once per reason at error level, then quietly, to keep the journal readable.
+        logger.log(level: first ? .error : .debug, "\(text): \(reason)", metadata: ["peer": "\(node)"])
+    }
+
+    /// Checks a peer's hello; returns the refusal reason, nil when accepted.
+    fileprivate func check(_ hello: Envelope.Hello) -> String? {
+        if hello.clusterName != clusterName {
+            return "cluster name mismatch: node \(hello.nodeID) is in cluster \"\(hello.clusterName)\", this node (\(selfID)) is in \"\(clusterName)\""
+        }
+        if hello.nodeID == selfID {
+            return "node id \(hello.nodeID) is already in use by this node"
+        }
+        if !members.contains(where: { $0.nodeID == hello.nodeID }) {
+            return "node id \(hello.nodeID) is not a member of cluster \"\(clusterName)\" (members: \(members.map(\.nodeID).map(String.init).joined(separator: ",")))"
+        }
+        return nil
+    }
+
+    fileprivate func accepted(_ hello: Envelope.Hello) {
+        let member = members.first { $0.nodeID == hello.nodeID }
+        state.withLockedValue { state in
+            var peer = state.peers[hello.nodeID, default: PeerView()]
+            peer.clientAddress = Self.resolveWildcard(hello.clientAddress, host: member?.host)
+            peer.metricsAddress = Self.resolveWildcard(hello.metricsAddress, host: member?.host)
+            peer.lastSeen = .now()
+            state.peers[hello.nodeID] = peer
+        }
+        logger.info("peer connected", metadata: ["peer": "\(hello.nodeID)", "version": "\(hello.version)"])
+        // The peer is back: dial it now rather than after the backoff.
+        state.withLockedValue { state in
+            state.nextAttempt[hello.nodeID] = nil
+            state.backoff[hello.nodeID] = nil
+        }
+        connect(to: hello.nodeID)
+    }
+
+    /// A `0.0.0.0` (or `::`) host is replaced by the host of the peer-list entry.
+    static func resolveWildcard(_ address: String, host: String?) -> String {
+        guard let host, let colon = address.lastIndex(of: ":") else { return address }
+        let addressHost = address[..<colon]
+        if addressHost == "0.0.0.0" || addressHost == "[::]" || addressHost == "::" {
+            return host + address[colon...]
+        }
+        return address
+    }
+
+    fileprivate func received(_ envelope: Envelope, from node: NodeID) {
+        let now = NIODeadline.now()
+        state.withLockedValue { state in
+            state.peers[node, default: PeerView()].lastSeen = now
+            state.peers[node, default: PeerView()].connected = state.outbound[node] != nil
+        }
+        switch envelope {
+        case .ping(let sentAt):
+            send(.pong(echo: sentAt, responderTime: Self.wallNanos()), to: node)
+        case .pong(let echo, let responderTime):
+            let arrived = Self.wallNanos()
+            let roundTrip = arrived - echo
+            guard roundTrip >= 0 else { return }
+            // NTP-style estimate: the peer read its clock half a round trip ago.
+            let offset = Double(responderTime - (echo + roundTrip / 2)) / 1e9
+            state.withLockedValue { state in
+                let previous = state.peers[node]?.clockOffsetSeconds
+                state.peers[node, default: PeerView()].clockOffsetSeconds = previous.map { 0.8 * $0 + 0.2 * offset } ?? offset
+            }
+        default:
+            receive(envelope, node)
+        }
+    }
+
+    static func wallNanos() -> Int64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Int64(spec.tv_sec) * 1_000_000_000 + Int64(spec.tv_nsec)
+    }
+
+    fileprivate func makeReject(_ reason: String) -> Envelope {
+        .helloReject(reason: reason, rejecterID: selfID, rejecterIsLeader: isLeader())
+    }
+
+    fileprivate var log: Logger { logger }
+}
+
+/// Inbound connection: expects a hello, then delivers frames from that peer.
+private final class InboundHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Envelope
+    private let transport: ClusterTransport
+    private var peer: NodeID?
+
+    init(transport: ClusterTransport) { self.transport = transport }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        if let peer {
+            transport.received(envelope, from: peer)
+            return
+        }
+        guard case .hello(let hello) = envelope else {
+            transport.log.warning("peer sent no hello; closing", metadata: ["remote": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
+            context.close(promise: nil)
+            return
+        }
+        if let reason = transport.check(hello) {
+            transport.log.warning("refused peer: \(reason)", metadata: ["peer": "\(hello.nodeID)",
+                                                                      "remote": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
+            let frame = transport.makeReject(reason).frame(allocator: context.channel.allocator)
+            context.writeAndFlush(NIOAny(frame)).whenComplete { _ in context.close(promise: nil) }
+            return
+        }
+        peer = hello.nodeID
+        transport.accepted(hello)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        transport.log.warning("closing peer connection: \(error)", metadata: ["peer": "\(peer.map(String.init) ?? "?")"])
+        context.close(promise: nil)
+    }
+}
+
+/// Outbound connection: only refusals come back on it.
+private final class OutboundHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Envelope
+    private let transport: ClusterTransport
+    private let peer: NodeID
+
+    init(transport: ClusterTransport, peer: NodeID) { self.transport = transport; self.peer = peer }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .helloReject(let reason, _, let isLeader) = unwrapInboundIn(data) {
+            transport.rejected(by: peer, reason: reason, isLeader: isLeader)
+            context.close(promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        transport.outboundClosed(peer, channel: context.channel)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}

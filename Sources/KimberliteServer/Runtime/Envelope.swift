@@ -1,0 +1,114 @@
+import KimberliteCore
+import NIOCore
+
+/// What travels between nodes on the cluster port (7001): VSR messages plus
+/// the runtime's own traffic (handshake, clock pings, forwarded client
+/// requests). Framed as `u32 big-endian length` + `tag` + fields.
+enum Envelope: Sendable, Equatable {
+    /// First frame on every connection: who is calling and from which cluster.
+    case hello(Hello)
+    /// The receiver refuses the connection; `reason` says why.
+    case helloReject(reason: String, rejecterID: NodeID, rejecterIsLeader: Bool)
+    case vsr(Message)
+    /// `sentAt` is the sender's wall clock, nanoseconds since the Unix epoch.
+    case ping(sentAt: Int64)
+    /// Answers a ping: the ping's `sentAt` and the responder's wall clock.
+    case pong(echo: Int64, responderTime: Int64)
+    /// A client request a follower forwards to the leader. `kind` 1 = execute, 2 = query.
+    case forward(id: UInt64, kind: UInt8, body: [UInt8])
+    /// The leader's HTTP status and JSON body for a forwarded request.
+    case forwardReply(id: UInt64, status: UInt16, body: [UInt8])
+
+    struct Hello: Sendable, Equatable {
+        var clusterName: String
+        var nodeID: NodeID
+        var clientAddress: String
+        var metricsAddress: String
+        var version: String
+    }
+
+    /// Largest frame accepted (bytes); a bigger length prefix closes the connection.
+    static let maxFrameBytes = 512 * 1024 * 1024
+
+    func encode() -> [UInt8] {
+        var writer = ByteWriter(capacity: 64)
+        switch self {
+        case .hello(let hello):
+            writer.write(UInt8(1))
+            writer.writeString(hello.clusterName); writer.write(hello.nodeID)
+            writer.writeString(hello.clientAddress); writer.writeString(hello.metricsAddress)
+            writer.writeString(hello.version)
+        case .helloReject(let reason, let rejecterID, let isLeader):
+            writer.write(UInt8(2)); writer.writeString(reason); writer.write(rejecterID); writer.write(isLeader)
+        case .vsr(let message):
+            writer.write(UInt8(3)); message.encode(into: &writer)
+        case .ping(let sentAt):
+            writer.write(UInt8(4)); writer.write(sentAt)
+        case .pong(let echo, let responderTime):
+            writer.write(UInt8(5)); writer.write(echo); writer.write(responderTime)
+        case .forward(let id, let kind, let body):
+            writer.write(UInt8(6)); writer.write(id); writer.write(kind); writer.writeBlob(body)
+        case .forwardReply(let id, let status, let body):
+            writer.write(UInt8(7)); writer.write(id); writer.write(status); writer.writeBlob(body)
+        }
+        return writer.bytes
+    }
+
+    static func decode(_ bytes: [UInt8]) throws -> Envelope {
+        var reader = ByteReader(bytes)
+        let tag: UInt8 = try reader.read()
+        let envelope: Envelope
+        switch tag {
+        case 1:
+            envelope = .hello(Hello(clusterName: try reader.readString(), nodeID: try reader.read(),
+                                    clientAddress: try reader.readString(), metricsAddress: try reader.readString(),
+                                    version: try reader.readString()))
+        case 2: envelope = .helloReject(reason: try reader.readString(), rejecterID: try reader.read(), rejecterIsLeader: try reader.readBool())
+        case 3: envelope = .vsr(try Message.decode(from: &reader))
+        case 4: envelope = .ping(sentAt: try reader.read())
+        case 5: envelope = .pong(echo: try reader.read(), responderTime: try reader.read())
+        case 6: envelope = .forward(id: try reader.read(), kind: try reader.read(), body: try reader.readBlob())
+        case 7: envelope = .forwardReply(id: try reader.read(), status: try reader.read(), body: try reader.readBlob())
+        default: throw DecodeError.invalid("envelope tag \(tag)")
+        }
+        guard reader.isAtEnd else { throw DecodeError.invalid("\(reader.remaining) trailing bytes after envelope") }
+        return envelope
+    }
+}
+
+/// Splits the byte stream into length-prefixed frames and refuses a length
+/// over `Envelope.maxFrameBytes` (NIOExtras' length-field decoder has no
+/// such bound, and a bogus peer must not make us buffer gigabytes).
+struct EnvelopeFrameDecoder: ByteToMessageDecoder {
+    typealias InboundOut = Envelope
+
+    struct FrameTooLarge: Error, CustomStringConvertible {
+        let length: Int
+        var description: String { "frame of \(length) bytes exceeds \(Envelope.maxFrameBytes)" }
+    }
+
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return .needMoreData }
+        guard Int(length) <= Envelope.maxFrameBytes else { throw FrameTooLarge(length: Int(length)) }
+        guard buffer.readableBytes >= 4 + Int(length) else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: 4)
+        let bytes = buffer.readBytes(length: Int(length))!
+        context.fireChannelRead(wrapInboundOut(try Envelope.decode(bytes)))
+        return .continue
+    }
+
+    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        try decode(context: context, buffer: &buffer)
+    }
+}
+
+extension Envelope {
+    /// The frame for the wire: length prefix then the encoded envelope.
+    func frame(allocator: ByteBufferAllocator) -> ByteBuffer {
+        let body = encode()
+        var buffer = allocator.buffer(capacity: 4 + body.count)
+        buffer.writeInteger(UInt32(body.count))
+        buffer.writeBytes(body)
+        return buffer
+    }
+}

@@ -56,11 +56,16 @@ public struct DurableState: Sendable {
     /// True for a replica that has never started before (no superblock):
     /// only then may the primary of view 0 start in normal status.
     public var isFresh: Bool
+    /// An op this replica knows was committed (superblock, projection). When
+    /// the log ends below it, entries were lost (deleted or corrupt): the
+    /// replica starts `recovering` and neither votes nor leads until it has
+    /// fetched the log through this op from a primary.
+    public var recoveryTarget: OpNumber
 
     public init(view: ViewNumber = 0, logView: ViewNumber = 0, log: [LogEntry] = [], commitHint: OpNumber = 0,
-                isFresh: Bool = false) {
+                isFresh: Bool = false, recoveryTarget: OpNumber = 0) {
         self.view = view; self.logView = logView; self.log = log; self.commitHint = commitHint
-        self.isFresh = isFresh
+        self.isFresh = isFresh; self.recoveryTarget = recoveryTarget
     }
 }
 
@@ -113,6 +118,8 @@ public enum ReplicaNote: Sendable, Equatable {
     case staleMessage(name: String, view: ViewNumber, from: NodeID)
     /// An entry failed its checksum or chain check and was discarded.
     case badEntry(op: OpNumber, from: NodeID)
+    /// A recovering replica's log is whole again; it votes from now on.
+    case recovered(view: ViewNumber, op: OpNumber)
 }
 
 /// Output of the replica; the runtime performs these in order.
@@ -174,6 +181,9 @@ public struct Replica: Sendable {
     /// The log is known equal to the current view's log through this op.
     public private(set) var verifiedOp: OpNumber
 
+    /// While recovering: the op the log must reach before this replica votes again.
+    public private(set) var recoveryTarget: OpNumber = 0
+
     private var rng: SplitMix64
     private var now: UInt64 = 0
     private var electionDeadline: UInt64 = 0
@@ -225,7 +235,14 @@ public struct Replica: Sendable {
         self.highestTimestamp = durable.log.last?.timestampMs ?? 0
         self.status = durable.logView == durable.view ? .normal : .viewChange
         resetElectionTimer()
-        if configuration.members.count == 1 {
+        if durable.recoveryTarget > op {
+            // Lost entries this replica may have acknowledged: it must not
+            // vote with, or lead from, a log that forgot them (VRR §4.3).
+            status = .recovering
+            recoveryTarget = durable.recoveryTarget
+            logView = min(logView, durable.logView)
+            verifiedOp = min(verifiedOp, op)
+        } else if configuration.members.count == 1 {
             // A one-node cluster is its own quorum.
             status = .normal
             logView = view
@@ -334,7 +351,7 @@ public struct Replica: Sendable {
                 requestRepair(from: pending.from, op: commitNumber + 1)
             }
         case .recovering:
-            break
+            retryRepairIfDue()
         }
     }
 
@@ -367,7 +384,7 @@ public struct Replica: Sendable {
 
     /// Backup: send prepare_ok for what is durable and verified (§4.1 step 4).
     private mutating func acknowledgeIfNew() {
-        guard logView == view else { return }
+        guard status == .normal, logView == view else { return }
         let ackable = min(durableOp, verifiedOp)
         guard ackable > lastAckedOp else { return }
         lastAckedOp = ackable
@@ -387,12 +404,18 @@ public struct Replica: Sendable {
                 if session.requestNumber == inflight.requestNumber {
                     // A retry of a request already prepared: never prepare it twice.
                     emit(.accepted(requestID: request.id, op: inflight.op))
-                } else if session.requestNumber > inflight.requestNumber {
-                    emit(.rejected(requestID: request.id, .inProgress(outstanding: inflight.requestNumber)))
-                } else {
+                    continue
+                } else if session.requestNumber < inflight.requestNumber {
                     emit(.rejected(requestID: request.id, .stale(last: inflight.requestNumber)))
+                    continue
+                } else if entry(inflight.op)?.view == view {
+                    // Two requests of one session prepared concurrently by this primary.
+                    emit(.rejected(requestID: request.id, .inProgress(outstanding: inflight.requestNumber)))
+                    continue
                 }
-                continue
+                // The outstanding one came from the previous view's log: it
+                // precedes the new one in the log and is committed first, and
+                // its client may already have had its reply.
             }
             highestTimestamp = max(highestTimestamp, nowMs)
             let entry = LogEntry(op: op + 1, view: view, timestampMs: highestTimestamp, session: request.session,
@@ -458,7 +481,10 @@ public struct Replica: Sendable {
     // MARK: - Messages
 
     private mutating func onMessage(_ message: Message, from: NodeID) {
-        guard status != .recovering else { return }
+        if status == .recovering {
+            onMessageWhileRecovering(message, from: from)
+            return
+        }
         let messageView = message.view
         if messageView < view {
             // Tell a replica stuck in an old view where the cluster is.
@@ -505,6 +531,51 @@ public struct Replica: Sendable {
             onDoViewChange(dvc, from: from)
         case .startView(let sv):
             onStartView(sv, from: from)
+        }
+    }
+
+    /// Recovering (VRR §4.3, with the disk's help): follow whichever primary
+    /// speaks, in any view, fetch the log from it, and take no part in view
+    /// changes until the log reaches `recoveryTarget` and equals the
+    /// primary's.
+    private mutating func onMessageWhileRecovering(_ message: Message, from: NodeID) {
+        let v = message.view
+        guard primary(of: v) == from else { return }
+        switch message {
+        case .prepare, .commit, .entries, .startView: break
+        default: return
+        }
+        if v != view {
+            view = v
+            logView = min(logView, v)
+            verifiedOp = min(verifiedOp, commitNumber, op)
+            repairRequestedAt = nil
+            lastAckedOp = 0
+            emit(.persistViewState(view: view, logView: logView))
+        }
+        resetElectionTimer()
+        switch message {
+        case .prepare(_, let commit, let entries):
+            acceptEntries(entries, primaryCommit: commit, primaryOp: entries.last?.op ?? 0, from: from)
+        case .entries(_, let commit, let lastOp, let entries):
+            acceptEntries(entries, primaryCommit: commit, primaryOp: lastOp, from: from)
+        case .startView(let sv):
+            acceptEntries(sv.suffix, primaryCommit: sv.commit, primaryOp: sv.op, from: from)
+        case .commit(_, let commit, let primaryOp, let sequence):
+            send(.commitAck(view: view, sequence: sequence, op: 0), to: from)
+            if logView < view, verifiedOp >= primaryOp { logView = view; emit(.persistViewState(view: view, logView: logView)) }
+            advanceBackupCommit(commit)
+            if primaryOp > verifiedOp, repairRequestedAt == nil { requestRepair(from: from, op: verifiedOp + 1) }
+        default:
+            break
+        }
+        if logView == view, verifiedOp >= recoveryTarget {
+            status = .normal
+            recoveryTarget = 0
+            lastAckedOp = 0
+            emit(.note(.recovered(view: view, op: op)))
+            emit(.note(.becameBackup(view: view, primary: from)))
+            acknowledgeIfNew()
         }
     }
 
@@ -604,7 +675,8 @@ public struct Replica: Sendable {
     }
 
     private mutating func retryRepairIfDue() {
-        guard let requested = repairRequestedAt, now - requested >= UInt64(configuration.repairRetryTicks) else { return }
+        guard let requested = repairRequestedAt, now - requested >= UInt64(configuration.repairRetryTicks),
+              status == .normal || primary(of: view) != selfID else { return }
         repairRequestedAt = nil
         requestRepair(from: primary(of: view), op: verifiedOp + 1)
     }

@@ -566,7 +566,7 @@ public final class Journal {
             let ms = Double(seconds) * 1000 + Double(attoseconds) / 1e15
             logger.warning("slow fsync", metadata: [
                 "duration_ms": "\((ms * 1000).rounded() / 1000)", "segment": "\(path)",
-                "threshold_ms": "\(slowFsyncThreshold)",
+                "threshold_ms": "\(Double(slowFsyncThreshold.components.seconds) * 1000 + Double(slowFsyncThreshold.components.attoseconds) / 1e15)",
             ])
         }
     }

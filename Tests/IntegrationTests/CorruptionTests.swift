@@ -101,7 +101,7 @@ import Testing
         #expect(logFiles.contains { $0.contains(".corrupt") }, "no quarantined evidence in \(logFiles)")
     }
 
-    @Test(.disabled("bug: a lone node whose journal lost committed ops elects itself and logs new writes at their op numbers (never applied, 504)"))
+    @Test
     func loneNodeThatLostCommittedEntriesNeverReusesTheirOpNumbers() async throws {
         let (cluster, lastOp) = try await Self.singleNode(rows: 40)
         defer { cluster.shutdown() }

@@ -31,12 +31,14 @@ import Testing
             totals.viewChanges += statistics.viewChanges
             totals.crashes += statistics.crashes
             totals.partitions += statistics.partitions
+            totals.logLosses += statistics.logLosses
             totals.acknowledged += statistics.acknowledged
         }
-        print("simulation seeds \(seeds): view changes \(totals.viewChanges), crashes \(totals.crashes), partitions \(totals.partitions), acknowledged writes \(totals.acknowledged)")
+        print("simulation seeds \(seeds): view changes \(totals.viewChanges), crashes \(totals.crashes), partitions \(totals.partitions), lost logs \(totals.logLosses), acknowledged writes \(totals.acknowledged)")
         // A range that saw no faults tested nothing.
         #expect(totals.viewChanges > 0, "no view change happened in seeds \(seeds)")
         #expect(totals.crashes > 0, "no crash-restart happened in seeds \(seeds)")
+        #expect(totals.logLosses > 0, "no replica lost its log in seeds \(seeds)")
         #expect(totals.acknowledged > 0)
     }
 

@@ -34,6 +34,7 @@ struct Simulator {
         var viewChanges = 0
         var crashes = 0
         var partitions = 0
+        var logLosses = 0
         var acknowledged = 0
         var committedOps: OpNumber = 0
     }
@@ -47,6 +48,9 @@ struct Simulator {
         var superblock: (view: ViewNumber, logView: ViewNumber) = (0, 0)
         var commitHint: OpNumber = 0
         var restartAt = 0
+        /// What survives a lost log: the superblock's and projection's
+        /// knowledge of the highest committed op.
+        var knownCommitted: OpNumber = 0
         var waiters: [UInt64: (client: Int, op: OpNumber, checksum: Checksum)] = [:]
         var restarts = 0
     }
@@ -214,6 +218,17 @@ struct Simulator {
         let kept = unsynced > 0 ? Int.random(in: 0...unsynced, using: &rng) : 0
         node.disk.removeSubrange((node.synced + kept)...)
         node.synced = node.disk.count
+        node.knownCommitted = max(node.knownCommitted, node.replica.commitNumber)
+        // Sometimes the journal itself is lost or corrupt (an operator's
+        // `rm -rf log/*`, a bad disk): only if no other replica is still
+        // recovering, since more than f such losses at once is beyond VSR.
+        let anotherRecovering = nodes.contains { $0.up && $0.replica.status == .recovering }
+        if !anotherRecovering, chance(0.15) {
+            node.disk.removeSubrange(Int.random(in: 0...node.disk.count, using: &rng)...)
+            node.synced = node.disk.count
+            statistics.logLosses += 1
+            log("n\(index + 1) loses its log beyond op \(node.disk.count)")
+        }
         node.up = false
         node.restartAt = tick + Int.random(in: 10...150, using: &rng)
         node.waiters.removeAll()
@@ -227,8 +242,10 @@ struct Simulator {
     private mutating func restart(_ index: Int) {
         let node = nodes[index]
         let configuration = node.replica.configuration
+        let lost = OpNumber(node.disk.count) < node.knownCommitted
         let durable = DurableState(view: node.superblock.view, logView: node.superblock.logView,
-                                   log: node.disk, commitHint: node.commitHint)
+                                   log: node.disk, commitHint: min(node.commitHint, OpNumber(node.disk.count)),
+                                   recoveryTarget: lost ? node.knownCommitted : 0)
         nodes[index].replica = Replica(configuration: configuration, durable: durable,
                                        seed: seed &+ UInt64(tick) &* 7 &+ UInt64(index))
         nodes[index].up = true
@@ -256,7 +273,8 @@ struct Simulator {
                                             from: selfID, to: to, message: message))
                 }
             case .persistViewState(let view, let logView):
-                guard view >= nodes[index].superblock.view else {
+                // Only a recovering replica (which does not vote) may follow a lower view.
+                guard view >= nodes[index].superblock.view || nodes[index].replica.status == .recovering else {
                     throw fail("n\(selfID) persisted view \(view) below \(nodes[index].superblock.view)")
                 }
                 nodes[index].superblock = (view, logView)

@@ -33,8 +33,17 @@ public final class KimberliteNode: @unchecked Sendable {
 
     /// Opens the data directory and recovers state; binds nothing yet.
     /// - Throws: `StorageError` (`.locked` → exit 75), `NodeStartError`, projection errors.
-    public init(config: ServerConfig, logger: Logger) throws {
+    public init(config: ServerConfig, logger baseLogger: Logger) throws {
         self.config = config
+        var baseLogger = baseLogger
+        baseLogger[metadataKey: "node_id"] = "\(config.server.nodeID)"
+        let logger = baseLogger
+        // One label per layer, so `KMB_LOG=kimberlite.vsr=trace` reaches just that layer.
+        func layer(_ name: String) -> Logger {
+            var copy = Logger(label: "kimberlite.\(name)")
+            copy[metadataKey: "node_id"] = "\(config.server.nodeID)"
+            return copy
+        }
         self.logger = logger
         let selfID = config.server.nodeID
         if config.server.clusterPeers.isEmpty {
@@ -62,7 +71,7 @@ public final class KimberliteNode: @unchecked Sendable {
 
         journal = try dataDirectory.openJournal(segmentSize: config.storage.segmentSize,
                                                 syncMode: KimberliteStorage.SyncMode(rawValue: config.storage.syncMode.rawValue) ?? .fsync,
-                                                logger: logger)
+                                                logger: layer("storage"))
         journal.slowFsyncThreshold = config.logging.slowFsyncThreshold
         if let corruption = journal.recovery.corruption {
             logger.error("Checksum mismatch: corrupt journal segment; quarantining it and recovering the lost entries from peers",
@@ -70,20 +79,20 @@ public final class KimberliteNode: @unchecked Sendable {
             try journal.quarantineCorruption()
         }
         let log = try journal.loadAll()
-        projection = try Projection(directory: dataDirectory.projectionsDirectory, logger: logger)
+        projection = try Projection(directory: dataDirectory.projectionsDirectory, logger: layer("projection"))
         let appliedOp = projection.appliedOp
         registry.setApplied(appliedOp)
 
-        var durable = DurableState(view: superblockState.view, logView: superblockState.logView, log: log,
+        let durableBase = DurableState(view: superblockState.view, logView: superblockState.logView, log: log,
                                    commitHint: max(superblockState.commitNumber, appliedOp), isFresh: stored == nil)
+        var durable = durableBase
         if OpNumber(log.count) < durable.commitHint {
-            // The log lost committed entries (deleted or corrupt): never let
-            // this log win a view change; fetch what is missing from peers.
-            logger.warning("Recovering: the journal holds fewer ops than were committed; repairing from peers",
+            // The log lost committed entries (deleted or corrupt). The
+            // replica starts recovering: it neither votes nor leads until a
+            // primary has sent it the log through the committed op again.
+            logger.warning("Recovering: the journal holds fewer ops than were committed; fetching them from the leader before taking part again",
                            metadata: ["journal_op": "\(log.count)", "committed_op": "\(durable.commitHint)"])
-            durable.logView = 0
-            superblockState.logView = 0
-            try superblock.write(superblockState)
+            durable.recoveryTarget = durable.commitHint
         }
         let ticks = { (duration: Duration) in max(1, Int((duration / Self.tickInterval).rounded(.up))) }
         let heartbeatTicks = ticks(config.consensus.heartbeatInterval)
@@ -96,11 +105,11 @@ public final class KimberliteNode: @unchecked Sendable {
 
         group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let forwarder = Forwarder()
-        applier = ApplyEngine(projection: projection, registry: registry, logger: logger)
+        applier = ApplyEngine(projection: projection, registry: registry, logger: layer("projection"))
         api = ClientAPI(limits: .init(maxRecordSize: config.limits.maxRecordSize, maxBatchSize: config.limits.maxBatchSize,
                                       maxResultRows: config.limits.maxResultRows, requestTimeout: config.limits.requestTimeout,
                                       slowQueryThreshold: config.logging.slowQueryThreshold),
-                        projection: projection, registry: registry, metrics: metrics, logger: logger,
+                        projection: projection, registry: registry, metrics: metrics, logger: layer("api"),
                         dataDirectory: config.storage.dataDir, forwarder: forwarder)
         let selfMember = members.first { $0.nodeID == selfID }!
         let driverBox = DriverBox()
@@ -110,7 +119,7 @@ public final class KimberliteNode: @unchecked Sendable {
             listenHost: config.server.clusterAddress.host, listenPort: config.server.clusterAddress.port,
             clientAddress: ClusterTransport.resolveWildcard("\(config.server.bindAddress)", host: selfMember.host),
             metricsAddress: ClusterTransport.resolveWildcard("\(config.telemetry.metricsAddress)", host: selfMember.host),
-            version: Self.version, group: group, logger: logger,
+            version: Self.version, group: group, logger: layer("transport"),
             isLeader: { driverBox.driver?.snapshot.isPrimary ?? false },
             receive: { envelope, from in
                 switch envelope {
@@ -131,7 +140,7 @@ public final class KimberliteNode: @unchecked Sendable {
         forwarder.transport = transport
         driver = ReplicaDriver(replica: replica, journal: journal, superblock: superblock, superblockState: superblockState,
                                transport: transport, registry: registry, applier: applier, appliedOp: appliedOp,
-                               logger: logger, metrics: metrics)
+                               logger: layer("vsr"), metrics: metrics)
         driverBox.driver = driver
         api.driver = driver
         for key in config.notInEffectYet {

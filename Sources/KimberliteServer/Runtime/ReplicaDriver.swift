@@ -142,7 +142,9 @@ final class ReplicaDriver: @unchecked Sendable {
             case .persistViewState(let view, let logView):
                 superblockState.view = view
                 superblockState.logView = logView
-                superblockState.commitNumber = replica.commitNumber
+                // A lower bound: never lowered (a recovering replica's commit
+                // number restarts below what was committed).
+                superblockState.commitNumber = max(superblockState.commitNumber, replica.commitNumber)
                 do { try superblock.write(superblockState) } catch { fatal("superblock write failed: \(error)") }
             case .truncateLog(let after):
                 do { try journal.truncate(after: after) } catch { fatal("journal truncate failed: \(error)") }
@@ -196,7 +198,7 @@ final class ReplicaDriver: @unchecked Sendable {
     private func publish() {
         let snapshot = ReplicaSnapshot(view: replica.view, status: replica.status, op: replica.op,
                                        commit: replica.commitNumber, isPrimary: replica.isPrimary && replica.status == .normal,
-                                       leader: replica.leader)
+                                       leader: replica.leader, recovering: replica.status == .recovering)
         published.withLockedValue { $0 = snapshot }
         if lastLeader == nil || lastLeader! != snapshot.leader {
             if snapshot.leader == nil {
@@ -232,6 +234,8 @@ final class ReplicaDriver: @unchecked Sendable {
             logger.debug("requesting missing log entries", metadata: metadata)
         case .staleMessage(let name, let view, let from):
             logger.trace("ignored message from an older view", metadata: ["message": "\(name)", "message_view": "\(view)", "peer": "\(from)"])
+        case .recovered(let view, let op):
+            logger.notice("Recovering complete: the log is whole again; taking part in the cluster", metadata: ["view": "\(view)", "op": "\(op)"])
         case .badEntry(let op, let from):
             metrics.checksumFailures.increment()
             logger.error("Checksum mismatch in entry received from peer; discarded (corrupt in transit or at the sender)",

@@ -10,17 +10,32 @@
 # project "kmbtest" (not the README's "kimberlite"), on the README's
 # 127.0.0.1 ports 17000/17100/17200 and 19090/19091/19092, which must be free.
 # Prints PASS/FAIL per check and ends with "N passed, M failed"; exits 1 on
-# any failure. Every wait is bounded.
+# any failure. Every wait is bounded. KMB_DOCKER_PREBUILT=1 tests the
+# binaries already staged in docker/stage/ instead of building them. A Docker
+# engine this script had to start is stopped at the end (KMB_DOCKER_KEEP_ENGINE=1
+# keeps it).
 source "$(dirname "$0")/common.sh"
 # Each check reports its own failure; the script goes on to the next one.
 set +e
 cd "$ROOT" || exit 1
+missing=()
+for tool in curl:curl jq:jq python3:python3 readelf:binutils apt-cache:apt; do
+    command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
+done
+if ((${#missing[@]})); then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 
 PROJECT=kmbtest
-DOCKER=/usr/bin/docker
-[ -x "$DOCKER" ] || DOCKER="$(command -v docker || echo docker)"
-if command -v docker-compose >/dev/null; then COMPOSE_BIN=(docker-compose); else COMPOSE_BIN=("$DOCKER" compose); fi
-COMPOSE=("${COMPOSE_BIN[@]}" -f "$ROOT/compose/compose.yaml" -p "$PROJECT")
+# The engine's own client (docker.io) and the compose CLI; resolved again
+# after scripts/docker-up.sh, which may have just installed them.
+find_clis() {
+    DOCKER=/usr/bin/docker
+    [ -x "$DOCKER" ] || DOCKER="$(command -v docker || echo docker)"
+    if command -v docker-compose >/dev/null; then COMPOSE_BIN=(docker-compose); else COMPOSE_BIN=("$DOCKER" compose); fi
+    COMPOSE=("${COMPOSE_BIN[@]}" -f "$ROOT/compose/compose.yaml" -p "$PROJECT")
+}
+find_clis
 SERVER_IMAGE=kimberlite/server:latest
 ADMIN_IMAGE=kimberlite/admin:latest
 CLIENT_PORTS=(0 17000 17100 17200)   # indexed by node id
@@ -43,10 +58,16 @@ finish() {
     [ "$failed" -eq 0 ]
 }
 cleanup() {
-    [ -n "$single" ] && "$DOCKER" rm -f "$single" >/dev/null 2>&1
+    [ -n "$single" ] && "$DOCKER" rm -f -v "$single" >/dev/null 2>&1
     timeout 120 "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1
     "$DOCKER" volume rm -f "${PROJECT}_wrong-data" >/dev/null 2>&1
     rm -rf "$WORK"
+    if [ "$engine_was_running" = false ] && [ "${KMB_DOCKER_KEEP_ENGINE:-0}" != 1 ] && [ -s /var/run/docker.pid ]; then
+        local pid
+        pid=$(cat /var/run/docker.pid)
+        kill -TERM "$pid" 2>/dev/null
+        for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    fi
 }
 trap cleanup EXIT
 
@@ -84,6 +105,8 @@ execute_retry() {
 }
 
 started=$(date +%s)
+engine_was_running=false
+"$DOCKER" info >/dev/null 2>&1 && engine_was_running=true
 
 # ---- setup: engine, base image, binaries, images --------------------------------
 if scripts/docker-up.sh --no-up >"$WORK/up.log" 2>&1; then
@@ -94,6 +117,8 @@ else
     finish; exit 1
 fi
 built=$(date +%s)
+find_clis
+"$DOCKER" volume ls -q | sort > "$WORK/volumes.before"
 
 # ---- lint ------------------------------------------------------------------------
 LINT="$ROOT/.build-docker/lint-venv"
@@ -153,7 +178,7 @@ if [ "$stop_ms" -lt 10000 ] && [ "$exit_code" = 0 ] && "$DOCKER" logs "$single" 
 else
     fail "SIGTERM stop" "took $stop_ms ms, exit $exit_code; $("$DOCKER" logs --tail 3 "$single" 2>&1 | tr '\n' ' ')"
 fi
-"$DOCKER" rm -f "$single" >/dev/null; single=""
+"$DOCKER" rm -f -v "$single" >/dev/null; single=""
 
 # ---- compose: three nodes ----------------------------------------------------------------------
 timeout 120 "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
@@ -250,7 +275,10 @@ else
 fi
 
 # ---- admin on a stopped node's volume --------------------------------------------------------------
+node2_id=$(service_id node2)
 check "docker-compose stop node2" timeout 60 "${COMPOSE[@]}" stop node2
+check "node2 stopped cleanly: exit 0, \"clean shutdown complete\" logged" bash -c "
+    [ \"\$($DOCKER inspect -f '{{.State.ExitCode}}' $node2_id)\" = 0 ] && $DOCKER logs $node2_id 2>&1 | grep -q 'clean shutdown complete'"
 check "admin status through the compose network (run --rm admin status --server node1:9090)" \
     timeout 60 "${COMPOSE[@]}" run --rm admin status --server node1:9090
 KMB_ADMIN_VOLUME=node2-data timeout 60 "${COMPOSE[@]}" run --rm admin verify --data-dir /var/lib/kimberlite >"$WORK/verify.out" 2>&1
@@ -279,7 +307,7 @@ else
 fi
 "$DOCKER" volume rm -f "${PROJECT}_wrong-data" >/dev/null
 check "docker-compose start node2" timeout 60 "${COMPOSE[@]}" start node2
-check "node2 healthy again on its verified volume" poll 60 healthy "$(service_id node2)"
+check "node2 healthy again on its verified volume" poll 60 healthy "$node2_id"
 
 # ---- down -v ----------------------------------------------------------------------------------
 check "docker-compose down -v" timeout 120 "${COMPOSE[@]}" down -v --remove-orphans
@@ -289,6 +317,7 @@ leftovers() {
     "$DOCKER" network ls --format '{{.Name}}' | grep "^${PROJECT}_" || true
     "$DOCKER" volume ls -q --filter "label=com.docker.compose.project=$PROJECT"
     "$DOCKER" volume ls -q | grep "^${PROJECT}_" || true
+    "$DOCKER" volume ls -q | sort | comm -13 "$WORK/volumes.before" -   # anonymous ones too
 }
 check "no container, network or volume of the project is left" test -z "$(leftovers)"
 

@@ -18,7 +18,9 @@
 #
 # Environment: KMB_IMAGE_TAG (default latest), KMB_DOCKER_SCRATCH (default
 # .build-docker), KMB_BUILD_LOCK (default /tmp/kmb-build.lock: swift build
-# runs under flock so builds sharing the machine take turns).
+# runs under flock so builds sharing the machine take turns),
+# KMB_DOCKER_PREBUILT=1 (no Swift build: use the binaries already in
+# docker/stage/, built the same way elsewhere).
 source "$(dirname "$0")/common.sh"
 
 mode=all
@@ -26,7 +28,7 @@ for argument in "$@"; do
     case "$argument" in
         --no-up) mode=images ;;
         --engine) mode=engine ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) die "unknown option $argument (see --help)" ;;
     esac
 done
@@ -111,11 +113,18 @@ CFG
 
 # Release build with the Swift runtime linked in, stripped, staged for the Dockerfile.
 build_binaries() {
+    local stage="$ROOT/docker/stage" strip_bin
+    if [ "${KMB_DOCKER_PREBUILT:-0}" = 1 ]; then
+        [ -x "$stage/kimberlite-server" ] && [ -x "$stage/kimberlite-admin" ] \
+            || die "KMB_DOCKER_PREBUILT=1 but docker/stage/kimberlite-{server,admin} are missing"
+        VERSION="$("$stage/kimberlite-server" --version | awk '{print $NF}')"
+        log "using the staged binaries ($VERSION) without building"
+        return 0
+    fi
     install_dependencies
-    cd "$ROOT"
+    cd "$ROOT" || die "no $ROOT"
     log "building release binaries with a static Swift runtime in $SCRATCH (under flock $LOCK)"
     flock "$LOCK" swift build -c release --static-swift-stdlib --scratch-path "$SCRATCH"
-    local stage="$ROOT/docker/stage" strip_bin
     strip_bin="$(command -v strip || command -v llvm-strip)" || die "no strip tool (binutils or llvm-strip)"
     mkdir -p "$stage"
     for binary in kimberlite-server kimberlite-admin; do

@@ -510,8 +510,7 @@ public struct Replica: Sendable {
             send(.commitAck(view: view, sequence: sequence, op: logView == view ? min(durableOp, verifiedOp) : 0), to: from)
             if logView < view, verifiedOp >= primaryOp {
                 // Our log already holds everything the primary has.
-                logView = view
-                emit(.persistViewState(view: view, logView: logView))
+                claimLogView(primaryOp: primaryOp)
                 acknowledgeIfNew()
             }
             advanceBackupCommit(commit)
@@ -563,7 +562,7 @@ public struct Replica: Sendable {
             acceptEntries(sv.suffix, primaryCommit: sv.commit, primaryOp: sv.op, from: from)
         case .commit(_, let commit, let primaryOp, let sequence):
             send(.commitAck(view: view, sequence: sequence, op: 0), to: from)
-            if logView < view, verifiedOp >= primaryOp { logView = view; emit(.persistViewState(view: view, logView: logView)) }
+            if logView < view, verifiedOp >= primaryOp { claimLogView(primaryOp: primaryOp) }
             advanceBackupCommit(commit)
             if primaryOp > verifiedOp, repairRequestedAt == nil { requestRepair(from: from, op: verifiedOp + 1) }
         default:
@@ -631,10 +630,7 @@ public struct Replica: Sendable {
                 }
                 verifiedOp = max(verifiedOp, entries.last!.op)
                 repairRequestedAt = nil
-                if logView < view, verifiedOp >= primaryOp {
-                    logView = view
-                    emit(.persistViewState(view: view, logView: logView))
-                }
+                if logView < view, verifiedOp >= primaryOp { claimLogView(primaryOp: primaryOp) }
                 acknowledgeIfNew()
             } else if repairRequestedAt == nil {
                 requestRepair(from: from, op: verifiedOp + 1)
@@ -642,6 +638,18 @@ public struct Replica: Sendable {
         }
         if primaryOp > verifiedOp, repairRequestedAt == nil { requestRepair(from: from, op: verifiedOp + 1) }
         advanceBackupCommit(primaryCommit)
+    }
+
+    /// Our log equals the primary's through `primaryOp`: from now on it is
+    /// this view's log. Entries past `primaryOp` are leftovers of an older
+    /// view (the primary's log ends there, and holds every committed op), so
+    /// they go first: the claim is about the whole log.
+    private mutating func claimLogView(primaryOp: OpNumber) {
+        precondition(verifiedOp >= primaryOp)
+        guard primaryOp >= commitNumber else { return }  // a stale message; wait for a fresher one
+        truncate(after: primaryOp)
+        logView = view
+        emit(.persistViewState(view: view, logView: logView))
     }
 
     private mutating func entriesAreWellFormed(_ entries: [LogEntry], from: NodeID) -> Bool {

@@ -31,6 +31,10 @@ public enum Message: Sendable, Equatable {
     case requestEntries(view: ViewNumber, from: OpNumber)
     /// Answer to `requestEntries`; `lastOp` is the sender's op number.
     case entries(view: ViewNumber, commit: OpNumber, lastOp: OpNumber, entries: [LogEntry])
+    /// §4.3: a replica that lost entries asks who leads now; `nonce` ties answers to this request.
+    case recovery(nonce: UInt64)
+    /// §4.3: a replica in normal status answers; the primary includes its op number.
+    case recoveryResponse(view: ViewNumber, nonce: UInt64, op: OpNumber, commit: OpNumber, isPrimary: Bool)
 }
 
 /// §4.2 DOVIEWCHANGE: the sender's log state for the new primary.
@@ -76,6 +80,8 @@ extension Message {
             return view
         case .doViewChange(let dvc): return dvc.view
         case .startView(let sv): return sv.view
+        case .recovery: return 0
+        case .recoveryResponse(let view, _, _, _, _): return view
         }
     }
 
@@ -91,6 +97,8 @@ extension Message {
         case .startView: return "start_view"
         case .requestEntries: return "request_entries"
         case .entries: return "entries"
+        case .recovery: return "recovery"
+        case .recoveryResponse: return "recovery_response"
         }
     }
 
@@ -122,6 +130,11 @@ extension Message {
         case .entries(let view, let commit, let lastOp, let entries):
             writer.write(UInt8(9)); writer.write(view); writer.write(commit); writer.write(lastOp)
             writeEntries(entries)
+        case .recovery(let nonce):
+            writer.write(UInt8(10)); writer.write(nonce)
+        case .recoveryResponse(let view, let nonce, let op, let commit, let isPrimary):
+            writer.write(UInt8(11)); writer.write(view); writer.write(nonce); writer.write(op); writer.write(commit)
+            writer.write(isPrimary)
         }
     }
 
@@ -156,6 +169,10 @@ extension Message {
         case 9:
             return .entries(view: try reader.read(), commit: try reader.read(), lastOp: try reader.read(),
                             entries: try readEntries())
+        case 10: return .recovery(nonce: try reader.read())
+        case 11:
+            return .recoveryResponse(view: try reader.read(), nonce: try reader.read(), op: try reader.read(),
+                                     commit: try reader.read(), isPrimary: try reader.readBool())
         default: throw DecodeError.invalid("message tag \(tag)")
         }
     }

@@ -61,11 +61,15 @@ public struct DurableState: Sendable {
     /// replica starts `recovering` and neither votes nor leads until it has
     /// fetched the log through this op from a primary.
     public var recoveryTarget: OpNumber
+    /// The journal found entries it had to drop (corruption): they may have
+    /// been acknowledged, so the replica recovers even when no committed op
+    /// is known to be missing.
+    public var lostEntries: Bool
 
     public init(view: ViewNumber = 0, logView: ViewNumber = 0, log: [LogEntry] = [], commitHint: OpNumber = 0,
-                isFresh: Bool = false, recoveryTarget: OpNumber = 0) {
+                isFresh: Bool = false, recoveryTarget: OpNumber = 0, lostEntries: Bool = false) {
         self.view = view; self.logView = logView; self.log = log; self.commitHint = commitHint
-        self.isFresh = isFresh; self.recoveryTarget = recoveryTarget
+        self.isFresh = isFresh; self.recoveryTarget = recoveryTarget; self.lostEntries = lostEntries
     }
 }
 
@@ -176,6 +180,9 @@ public struct Replica: Sendable {
     /// The log, in memory. Entry for op `n` is `log[n - 1]`.
     public private(set) var log: [LogEntry]
     public private(set) var commitNumber: OpNumber
+    /// The highest commit number heard of; `commitNumber` follows it as far
+    /// as this replica's durable, verified log allows.
+    private var knownCommit: OpNumber = 0
     /// The journal is durable through this op.
     public private(set) var durableOp: OpNumber
     /// The log is known equal to the current view's log through this op.
@@ -183,6 +190,10 @@ public struct Replica: Sendable {
 
     /// While recovering: the op the log must reach before this replica votes again.
     public private(set) var recoveryTarget: OpNumber = 0
+    private var recoveryNonce: UInt64 = 0
+    private var recoveryResponses: [NodeID: (view: ViewNumber, op: OpNumber, isPrimary: Bool)] = [:]
+    private var recoveryLeader: NodeID? = nil
+    private var recoveryStartedAt: UInt64 = 0
 
     private var rng: SplitMix64
     private var now: UInt64 = 0
@@ -211,6 +222,8 @@ public struct Replica: Sendable {
     private var sentDoViewChange = false
     /// While the new primary fetches the committed prefix the chosen log assumes.
     private var pendingViewStart: (chosen: DoViewChange, from: NodeID, commit: OpNumber)? = nil
+    /// How far the new primary has checked its log against the chosen one.
+    private var viewStartRepairOp: OpNumber = 0
 
     private var actions: [ReplicaAction] = []
 
@@ -235,11 +248,11 @@ public struct Replica: Sendable {
         self.highestTimestamp = durable.log.last?.timestampMs ?? 0
         self.status = durable.logView == durable.view ? .normal : .viewChange
         resetElectionTimer()
-        if durable.recoveryTarget > op {
+        if durable.recoveryTarget > op || durable.lostEntries {
             // Lost entries this replica may have acknowledged: it must not
             // vote with, or lead from, a log that forgot them (VRR §4.3).
             status = .recovering
-            recoveryTarget = durable.recoveryTarget
+            recoveryTarget = max(durable.recoveryTarget, op)
             logView = min(logView, durable.logView)
             verifiedOp = min(verifiedOp, op)
         } else if configuration.members.count == 1 {
@@ -309,6 +322,7 @@ public struct Replica: Sendable {
     private func checkInvariants() {
         precondition(commitNumber <= op, "commit \(commitNumber) <= op \(op)")
         precondition(verifiedOp <= op && durableOp <= op, "verified/durable within the log")
+        precondition(commitNumber <= durableOp, "commit \(commitNumber) <= durable \(durableOp)")
         precondition(logView <= view, "log view <= view")
     }
 
@@ -348,10 +362,19 @@ public struct Replica: Sendable {
             }
             if let pending = pendingViewStart, let requested = repairRequestedAt,
                now - requested >= UInt64(configuration.repairRetryTicks) {
-                requestRepair(from: pending.from, op: commitNumber + 1)
+                requestRepair(from: pending.from, op: viewStartRepairOp + 1)
             }
         case .recovering:
-            retryRepairIfDue()
+            // A round that has not finished within an election timeout
+            // (no quorum of answers, or the leader went quiet) starts over.
+            // `recoveryStartedAt` moves with every bit of progress, so only a
+            // stalled round is abandoned.
+            if recoveryNonce == 0 || now - recoveryStartedAt >= UInt64(configuration.electionTimeoutMaxTicks) * 2 {
+                startRecoveryRound()
+            } else if let leader = recoveryLeader, let requested = repairRequestedAt,
+                      now - requested >= UInt64(configuration.repairRetryTicks) {
+                requestRepair(from: leader, op: verifiedOp + 1)
+            }
         }
     }
 
@@ -374,11 +397,16 @@ public struct Replica: Sendable {
         let newDurable = min(through, op)
         guard newDurable > durableOp else { return }
         durableOp = newDurable
+        if status == .recovering {
+            advanceBackupCommit(knownCommit)
+            return
+        }
         guard status == .normal else { return }
         if isPrimary {
             advancePrimaryCommit()
         } else {
             acknowledgeIfNew()
+            advanceBackupCommit(knownCommit)
         }
     }
 
@@ -485,6 +513,19 @@ public struct Replica: Sendable {
             onMessageWhileRecovering(message, from: from)
             return
         }
+        switch message {
+        case .recovery(let nonce):
+            // §4.3: only a replica in normal status answers.
+            if status == .normal {
+                send(.recoveryResponse(view: view, nonce: nonce, op: isPrimary ? op : 0, commit: commitNumber,
+                                       isPrimary: isPrimary), to: from)
+            }
+            return
+        case .recoveryResponse:
+            return
+        default:
+            break
+        }
         let messageView = message.view
         if messageView < view {
             // Tell a replica stuck in an old view where the cluster is.
@@ -530,52 +571,65 @@ public struct Replica: Sendable {
             onDoViewChange(dvc, from: from)
         case .startView(let sv):
             onStartView(sv, from: from)
+        case .recovery, .recoveryResponse:
+            break
         }
     }
 
-    /// Recovering (VRR §4.3, with the disk's help): follow whichever primary
-    /// speaks, in any view, fetch the log from it, and take no part in view
-    /// changes until the log reaches `recoveryTarget` and equals the
-    /// primary's.
+    /// Recovering (VRR §4.3, with the disk's help). The replica asks every
+    /// member who leads (`recovery` with a fresh nonce); once a quorum has
+    /// answered, including the primary of the latest view they name, it
+    /// follows that primary, fetches its log through the op the primary
+    /// reported, and only then votes again. Answers to an older nonce, and
+    /// every other message, are ignored: a delayed message could name a
+    /// deposed primary or an old op number.
     private mutating func onMessageWhileRecovering(_ message: Message, from: NodeID) {
-        let v = message.view
-        guard primary(of: v) == from else { return }
         switch message {
-        case .prepare, .commit, .entries, .startView: break
-        default: return
-        }
-        if v != view {
-            view = v
-            logView = min(logView, v)
+        case .recoveryResponse(let v, let nonce, let primaryOp, _, let isPrimary):
+            guard nonce == recoveryNonce, recoveryLeader == nil else { return }
+            recoveryResponses[from] = (v, primaryOp, isPrimary)
+            guard recoveryResponses.count >= configuration.quorum else { return }
+            let latest = recoveryResponses.values.map(\.view).max()!
+            let leader = primary(of: latest)
+            guard let answer = recoveryResponses[leader], answer.view == latest, answer.isPrimary else { return }
+            if view != latest {
+                view = latest
+                logView = min(logView, latest)
+                emit(.persistViewState(view: view, logView: logView))
+            }
             verifiedOp = min(verifiedOp, commitNumber, op)
-            repairRequestedAt = nil
-            lastAckedOp = 0
-            emit(.persistViewState(view: view, logView: logView))
-        }
-        resetElectionTimer()
-        switch message {
-        case .prepare(_, let commit, let entries):
-            acceptEntries(entries, primaryCommit: commit, primaryOp: entries.last?.op ?? 0, from: from)
-        case .entries(_, let commit, let lastOp, let entries):
+            recoveryLeader = leader
+            recoveryTarget = max(recoveryTarget, answer.op)
+            recoveryStartedAt = now
+            requestRepair(from: leader, op: verifiedOp + 1)
+        case .entries(let v, let commit, let lastOp, let entries):
+            guard let leader = recoveryLeader, from == leader, v == view else { return }
+            let before = verifiedOp
             acceptEntries(entries, primaryCommit: commit, primaryOp: lastOp, from: from)
-        case .startView(let sv):
-            acceptEntries(sv.suffix, primaryCommit: sv.commit, primaryOp: sv.op, from: from)
-        case .commit(_, let commit, let primaryOp, let sequence):
-            send(.commitAck(view: view, sequence: sequence, op: 0), to: from)
-            if logView < view, verifiedOp >= primaryOp { claimLogView(primaryOp: primaryOp) }
-            advanceBackupCommit(commit)
-            if primaryOp > verifiedOp, repairRequestedAt == nil { requestRepair(from: from, op: verifiedOp + 1) }
+            if verifiedOp > before || logView == view { recoveryStartedAt = now }
+            if logView == view, verifiedOp >= recoveryTarget {
+                status = .normal
+                recoveryTarget = 0
+                recoveryLeader = nil
+                lastAckedOp = 0
+                resetElectionTimer()
+                emit(.note(.recovered(view: view, op: op)))
+                emit(.note(.becameBackup(view: view, primary: from)))
+                acknowledgeIfNew()
+            }
         default:
             break
         }
-        if logView == view, verifiedOp >= recoveryTarget {
-            status = .normal
-            recoveryTarget = 0
-            lastAckedOp = 0
-            emit(.note(.recovered(view: view, op: op)))
-            emit(.note(.becameBackup(view: view, primary: from)))
-            acknowledgeIfNew()
-        }
+    }
+
+    /// Starts (or restarts) a recovery round with a fresh nonce.
+    private mutating func startRecoveryRound() {
+        recoveryNonce = rng.next()
+        recoveryResponses.removeAll()
+        recoveryLeader = nil
+        recoveryStartedAt = now
+        repairRequestedAt = nil
+        broadcast(.recovery(nonce: recoveryNonce))
     }
 
     /// A message from the primary of `v`: move into `v` as a backup in normal
@@ -689,8 +743,12 @@ public struct Replica: Sendable {
         requestRepair(from: primary(of: view), op: verifiedOp + 1)
     }
 
+    /// Commits (and so lets the projection apply) only what this replica
+    /// holds durably and verified: after a power loss, its projection never
+    /// runs ahead of its own journal.
     private mutating func advanceBackupCommit(_ primaryCommit: OpNumber) {
-        let target = min(primaryCommit, verifiedOp)
+        knownCommit = max(knownCommit, primaryCommit)
+        let target = min(knownCommit, verifiedOp, durableOp)
         guard target > commitNumber else { return }
         commitNumber = target
         emit(.commit(through: commitNumber))
@@ -720,7 +778,10 @@ public struct Replica: Sendable {
         var acks = [durableOp]
         for node in others { acks.append(ackedOp[node] ?? 0) }
         acks.sort(by: >)
-        let quorumOp = acks[configuration.quorum - 1]
+        // What a quorum holds now, or what was committed before this view
+        // (known from the do_view_change messages) once it is durable here.
+        // Applied here only once durable here too.
+        let quorumOp = min(max(acks[configuration.quorum - 1], knownCommit), durableOp)
         if quorumOp > commitNumber {
             commitNumber = quorumOp
             emit(.commit(through: commitNumber))
@@ -803,31 +864,39 @@ public struct Replica: Sendable {
         } else {
             // We lack (or hold a different copy of) the committed prefix the
             // chosen log builds on: fetch it from the sender first.
+            // Entries are compared as they arrive; nothing is dropped before
+            // its replacement is here, so a crash meanwhile loses nothing.
             pendingViewStart = (chosen, chosenFrom, newCommit)
-            truncate(after: commitNumber)
+            viewStartRepairOp = commitNumber
             requestRepair(from: chosenFrom, op: commitNumber + 1)
         }
     }
 
+    /// The new primary fetches the committed prefix the chosen log builds
+    /// on, from `viewStartRepairOp + 1`, keeping entries it already holds
+    /// identically and replacing from the first that differs.
     private mutating func acceptViewStartRepair(_ entries: [LogEntry]) {
-        guard let pending = pendingViewStart, let first = entries.first, first.op == op + 1,
-              first.parent == checksum(at: op) else { return }
-        var fresh: [LogEntry] = []
-        var parent = checksum(at: op)
+        guard let pending = pendingViewStart, let first = entries.first, first.op == viewStartRepairOp + 1,
+              first.parent == checksum(at: viewStartRepairOp) else { return }
+        var parent = first.parent
+        var expected = first.op
         for entry in entries where entry.op <= pending.chosen.commit {
-            guard entry.isIntact, entry.parent == parent, entry.op == op + OpNumber(fresh.count) + 1 else { break }
-            fresh.append(entry)
+            guard entry.isIntact, entry.parent == parent, entry.op == expected else { break }
+            if self.entry(entry.op)?.checksum != entry.checksum {
+                truncate(after: entry.op - 1)
+                log.append(entry)
+                emit(.append([entry]))
+            }
             parent = entry.checksum
+            expected += 1
+            viewStartRepairOp = entry.op
         }
-        guard !fresh.isEmpty else { return }
-        log.append(contentsOf: fresh)
-        emit(.append(fresh))
         repairRequestedAt = nil
-        if op >= pending.chosen.commit {
+        if viewStartRepairOp >= pending.chosen.commit {
             guard checksum(at: pending.chosen.commit) == pending.chosen.commitChecksum else { return }
             completeViewStart(chosen: pending.chosen, commit: pending.commit)
         } else {
-            requestRepair(from: pending.from, op: op + 1)
+            requestRepair(from: pending.from, op: viewStartRepairOp + 1)
         }
     }
 
@@ -849,10 +918,7 @@ public struct Replica: Sendable {
         precondition(newCommit <= op, "the chosen log holds every committed op")
         for entry in fresh { highestTimestamp = max(highestTimestamp, entry.timestampMs) }
         let senderCommits = doViewChanges.values.map(\.commit)
-        if newCommit > commitNumber {
-            commitNumber = newCommit
-            emit(.commit(through: commitNumber))
-        }
+        knownCommit = max(knownCommit, newCommit)
         status = .normal
         logView = view
         verifiedOp = op

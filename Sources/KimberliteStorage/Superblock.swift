@@ -21,6 +21,10 @@ public struct SuperblockState: Equatable, Sendable, Codable {
     /// Membership epoch (bumped by membership changes and force-leader).
     public var epoch: UInt64
     public var members: [NodeID]
+    /// Non-zero while the replica is recovering lost entries: the op its log
+    /// must reach before it votes again. Kept across restarts so a replica
+    /// that crashes while recovering keeps recovering.
+    public var recoveryTarget: OpNumber = 0
 
     public init(clusterName: String, nodeID: NodeID, view: ViewNumber = 0, logView: ViewNumber = 0,
                 commitNumber: OpNumber = 0, epoch: UInt64 = 0, members: [NodeID]) {
@@ -157,6 +161,7 @@ public final class Superblock {
         writer.write(state.commitNumber)
         writer.write(state.epoch)
         writer.writeBlob(state.members)
+        writer.write(state.recoveryTarget)
         return writer.bytes
     }
 
@@ -200,7 +205,7 @@ public final class Superblock {
             slot.sequence = try reader.read()
             let payload = try reader.readBlob(limit: maximumPayload)
             var body = ByteReader(payload)
-            let state = SuperblockState(
+            var state = SuperblockState(
                 clusterName: try body.readString(limit: maximumPayload),
                 nodeID: try body.read(),
                 view: try body.read(),
@@ -208,6 +213,7 @@ public final class Superblock {
                 commitNumber: try body.read(),
                 epoch: try body.read(),
                 members: try body.readBlob(limit: 256))
+            state.recoveryTarget = try body.read()
             guard body.isAtEnd else { slot.problem = "trailing bytes in state"; return slot }
             slot.state = state
         } catch {

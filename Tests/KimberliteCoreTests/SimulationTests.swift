@@ -16,9 +16,7 @@ import Testing
     func seedRange(_ seeds: ClosedRange<UInt64>) throws {
         var totals = Simulator.Statistics()
         for seed in seeds {
-            var options = Simulator.Options()
-            // Every fourth seed runs five replicas.
-            if seed % 4 == 0 { options.replicaCount = 5 }
+            let options = Self.options(for: seed)
             if ProcessInfo.processInfo.environment["KMB_SIM_PRINT"] != nil { print("seed \(seed)") }
             var simulator = Simulator(seed: seed, options: options)
             let statistics: Simulator.Statistics
@@ -42,10 +40,24 @@ import Testing
         #expect(totals.acknowledged > 0)
     }
 
-    @Test func replaySeed() throws {
-        guard let text = ProcessInfo.processInfo.environment["KMB_SIM_SEED"], let seed = UInt64(text) else { return }
+    /// Fault mix by seed, so a range covers calm and hostile networks:
+    /// every fourth seed runs five replicas; loss 0–20 %, duplication 0–8 %,
+    /// delays up to 2–14 ticks, crash and partition rates ×1–×3.
+    static func options(for seed: UInt64) -> Simulator.Options {
         var options = Simulator.Options()
         if seed % 4 == 0 { options.replicaCount = 5 }
+        options.dropProbability = Double(seed % 5) * 0.05
+        options.duplicateProbability = Double(seed % 3) * 0.04
+        options.maxDelayTicks = 2 + Int(seed % 7) * 2
+        let hostility = Double(1 + seed % 3)
+        options.crashProbability *= hostility
+        options.partitionProbability *= hostility
+        return options
+    }
+
+    @Test func replaySeed() throws {
+        guard let text = ProcessInfo.processInfo.environment["KMB_SIM_SEED"], let seed = UInt64(text) else { return }
+        var options = Self.options(for: seed)
         options.trace = true
         var simulator = Simulator(seed: seed, options: options)
         let statistics = try simulator.run()

@@ -51,6 +51,8 @@ struct Simulator {
         /// What survives a lost log: the superblock's and projection's
         /// knowledge of the highest committed op.
         var knownCommitted: OpNumber = 0
+        /// The journal detected that it dropped entries (the corruption case).
+        var lostEntries = false
         var waiters: [UInt64: (client: Int, op: OpNumber, checksum: Checksum)] = [:]
         var restarts = 0
     }
@@ -219,13 +221,18 @@ struct Simulator {
         node.disk.removeSubrange((node.synced + kept)...)
         node.synced = node.disk.count
         node.knownCommitted = max(node.knownCommitted, node.replica.commitNumber)
+        // The superblock keeps a recovering replica recovering across restarts.
+        if node.replica.status == .recovering { node.lostEntries = true }
         // Sometimes the journal itself is lost or corrupt (an operator's
         // `rm -rf log/*`, a bad disk): only if no other replica is still
         // recovering, since more than f such losses at once is beyond VSR.
-        let anotherRecovering = nodes.contains { $0.up && $0.replica.status == .recovering }
+        let anotherRecovering = nodes.indices.contains { other in
+            other != index && (nodes[other].replica.status == .recovering || nodes[other].lostEntries)
+        }
         if !anotherRecovering, chance(0.15) {
             node.disk.removeSubrange(Int.random(in: 0...node.disk.count, using: &rng)...)
             node.synced = node.disk.count
+            node.lostEntries = true
             statistics.logLosses += 1
             log("n\(index + 1) loses its log beyond op \(node.disk.count)")
         }
@@ -245,7 +252,8 @@ struct Simulator {
         let lost = OpNumber(node.disk.count) < node.knownCommitted
         let durable = DurableState(view: node.superblock.view, logView: node.superblock.logView,
                                    log: node.disk, commitHint: min(node.commitHint, OpNumber(node.disk.count)),
-                                   recoveryTarget: lost ? node.knownCommitted : 0)
+                                   recoveryTarget: lost ? node.knownCommitted : 0, lostEntries: node.lostEntries)
+        nodes[index].lostEntries = false
         nodes[index].replica = Replica(configuration: configuration, durable: durable,
                                        seed: seed &+ UInt64(tick) &* 7 &+ UInt64(index))
         nodes[index].up = true

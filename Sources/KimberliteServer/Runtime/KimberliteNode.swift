@@ -73,6 +73,7 @@ public final class KimberliteNode: @unchecked Sendable {
                                                 syncMode: KimberliteStorage.SyncMode(rawValue: config.storage.syncMode.rawValue) ?? .fsync,
                                                 logger: layer("storage"))
         journal.slowFsyncThreshold = config.logging.slowFsyncThreshold
+        let journalLostEntries = journal.recovery.corruption != nil
         if let corruption = journal.recovery.corruption {
             logger.error("Checksum mismatch: corrupt journal segment; quarantining it and recovering the lost entries from peers",
                          metadata: ["segment": "\(corruption.segment)", "offset": "\(corruption.offset)", "op": "\(corruption.op)"])
@@ -86,13 +87,16 @@ public final class KimberliteNode: @unchecked Sendable {
         let durableBase = DurableState(view: superblockState.view, logView: superblockState.logView, log: log,
                                    commitHint: max(superblockState.commitNumber, appliedOp), isFresh: stored == nil)
         var durable = durableBase
-        if OpNumber(log.count) < durable.commitHint {
+        if OpNumber(log.count) < durable.commitHint || journalLostEntries || superblockState.recoveryTarget > 0 {
+            durable.lostEntries = journalLostEntries || superblockState.recoveryTarget > 0
             // The log lost committed entries (deleted or corrupt). The
             // replica starts recovering: it neither votes nor leads until a
             // primary has sent it the log through the committed op again.
             logger.warning("Recovering: the journal holds fewer ops than were committed; fetching them from the leader before taking part again",
                            metadata: ["journal_op": "\(log.count)", "committed_op": "\(durable.commitHint)"])
-            durable.recoveryTarget = durable.commitHint
+            durable.recoveryTarget = max(durable.commitHint, superblockState.recoveryTarget, OpNumber(log.count), 1)
+            superblockState.recoveryTarget = durable.recoveryTarget
+            try superblock.write(superblockState)
         }
         let ticks = { (duration: Duration) in max(1, Int((duration / Self.tickInterval).rounded(.up))) }
         let heartbeatTicks = ticks(config.consensus.heartbeatInterval)

@@ -235,6 +235,9 @@ final class ReplicaDriver: @unchecked Sendable {
         case .staleMessage(let name, let view, let from):
             logger.trace("ignored message from an older view", metadata: ["message": "\(name)", "message_view": "\(view)", "peer": "\(from)"])
         case .recovered(let view, let op):
+            superblockState.recoveryTarget = 0
+            superblockState.commitNumber = max(superblockState.commitNumber, replica.commitNumber)
+            do { try superblock.write(superblockState) } catch { fatal("superblock write failed: \(error)") }
             logger.notice("Recovering complete: the log is whole again; taking part in the cluster", metadata: ["view": "\(view)", "op": "\(op)"])
         case .badEntry(let op, let from):
             metrics.checksumFailures.increment()

@@ -249,7 +249,8 @@ extension ConfigKey {
 
 /// TOML text helpers.
 enum TOMLText {
-    /// A TOML basic string literal with escapes.
+    /// A TOML basic string literal with escapes (also a valid JSON string:
+    /// the log formatter uses it for JSON lines).
     static func quote(_ s: String) -> String {
         var out = "\""
         for scalar in s.unicodeScalars {

@@ -3,6 +3,7 @@ import KimberliteCore
 import KimberliteProjection
 import KimberliteStorage
 import Logging
+import Metrics
 
 /// An HTTP answer: status and JSON body.
 struct APIResponse: Sendable {
@@ -93,13 +94,22 @@ final class ClientAPI: @unchecked Sendable {
 
     /// Handles `POST /v1/execute`. A request forwarded by a follower is never forwarded again.
     func execute(body: [UInt8], forwarded: Bool) async -> APIResponse {
+        await measured("execute", forwarded: forwarded, timer: metrics.writeDuration) {
+            await executeInner(body: body, forwarded: forwarded)
+        }
+    }
+
+    /// Counts and times a request where the client sent it (a forwarded one
+    /// was counted by the follower that received it).
+    private func measured(_ method: String, forwarded: Bool, timer: Metrics.Timer,
+                          _ handle: () async -> APIResponse) async -> APIResponse {
         let started = ContinuousClock.now
         metrics.requestsInFlight.increment()
-        let response = await executeInner(body: body, forwarded: forwarded)
+        let response = await handle()
         metrics.requestsInFlight.decrement()
         if !forwarded {
-            metrics.countRequest(method: "execute", ok: response.status == 200)
-            metrics.writeDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
+            metrics.countRequest(method: method, ok: response.status == 200)
+            timer.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
         }
         return response
     }
@@ -208,15 +218,9 @@ final class ClientAPI: @unchecked Sendable {
 
     /// Handles `POST /v1/query`.
     func query(body: [UInt8], forwarded: Bool) async -> APIResponse {
-        let started = ContinuousClock.now
-        metrics.requestsInFlight.increment()
-        let response = await queryInner(body: body, forwarded: forwarded)
-        metrics.requestsInFlight.decrement()
-        if !forwarded {
-            metrics.countRequest(method: "query", ok: response.status == 200)
-            metrics.queryDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
+        await measured("query", forwarded: forwarded, timer: metrics.queryDuration) {
+            await queryInner(body: body, forwarded: forwarded)
         }
-        return response
     }
 
     private func queryInner(body: [UInt8], forwarded: Bool) async -> APIResponse {

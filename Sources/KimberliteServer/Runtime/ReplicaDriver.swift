@@ -29,9 +29,7 @@ enum DriverInput: Sendable {
 /// events share one fsync (group commit), and all client requests queued
 /// together become one prepare.
 final class ReplicaDriver: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var queue: [DriverInput] = []
-    private var stopping = false
+    private let queue = BatchQueue<DriverInput>()
     private var thread: Thread?
     private let finished = DispatchSemaphore(value: 0)
 
@@ -79,31 +77,14 @@ final class ReplicaDriver: @unchecked Sendable {
 
     /// Stops after the current batch; the journal is synced before return.
     func stop() {
-        condition.lock()
-        stopping = true
-        condition.signal()
-        condition.unlock()
+        queue.stop()
         if thread != nil { finished.wait() }
     }
 
-    func submit(_ input: DriverInput) {
-        condition.lock()
-        queue.append(input)
-        condition.signal()
-        condition.unlock()
-    }
+    func submit(_ input: DriverInput) { queue.push([input]) }
 
     private func run() {
-        while true {
-            condition.lock()
-            while queue.isEmpty && !stopping { condition.wait() }
-            let batch = queue
-            queue.removeAll(keepingCapacity: true)
-            let stop = stopping
-            condition.unlock()
-            if stop { break }
-            process(batch)
-        }
+        while let batch = queue.next(drainOnStop: false) { process(batch) }
         do { try journal.sync() } catch { logger.error("final journal sync failed: \(error)") }
         finished.signal()
     }
@@ -255,9 +236,7 @@ final class ReplicaDriver: @unchecked Sendable {
 /// Applies committed entries to the projection, in op order, on its own
 /// thread, and answers the waiting requests.
 final class ApplyEngine: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var queue: [LogEntry] = []
-    private var stopping = false
+    private let queue = BatchQueue<LogEntry>()
     private let projection: Projection
     private let registry: RequestRegistry
     private let logger: Logger
@@ -279,30 +258,17 @@ final class ApplyEngine: @unchecked Sendable {
     }
 
     func stop() {
-        condition.lock()
-        stopping = true
-        condition.signal()
-        condition.unlock()
+        queue.stop()
         if started { finished.wait() }
     }
 
     func enqueue(_ entries: [LogEntry]) {
         guard !entries.isEmpty else { return }
-        condition.lock()
-        queue.append(contentsOf: entries)
-        condition.signal()
-        condition.unlock()
+        queue.push(entries)
     }
 
     private func run() {
-        while true {
-            condition.lock()
-            while queue.isEmpty && !stopping { condition.wait() }
-            let batch = queue
-            queue.removeAll(keepingCapacity: true)
-            let stop = stopping && batch.isEmpty
-            condition.unlock()
-            if stop { break }
+        while let batch = queue.next(drainOnStop: true) {
             for entry in batch where entry.op > projection.appliedOp {
                 do {
                     let outcome = try projection.apply(entry)
@@ -315,5 +281,39 @@ final class ApplyEngine: @unchecked Sendable {
             }
         }
         finished.signal()
+    }
+}
+
+/// Items handed to one consumer thread in batches, in order: the consumer
+/// takes everything queued so far at once (group commit falls out of this).
+final class BatchQueue<Item>: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var items: [Item] = []
+    private var stopping = false
+
+    func push(_ more: [Item]) {
+        condition.lock()
+        items.append(contentsOf: more)
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Blocks until items are queued; nil once stopped (after the queue is
+    /// empty when `drainOnStop`, at once otherwise).
+    func next(drainOnStop: Bool) -> [Item]? {
+        condition.lock()
+        defer { condition.unlock() }
+        while items.isEmpty && !stopping { condition.wait() }
+        if stopping && (!drainOnStop || items.isEmpty) { return nil }
+        let batch = items
+        items.removeAll(keepingCapacity: true)
+        return batch
+    }
+
+    func stop() {
+        condition.lock()
+        stopping = true
+        condition.signal()
+        condition.unlock()
     }
 }

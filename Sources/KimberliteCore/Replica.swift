@@ -16,6 +16,8 @@ public struct ReplicaConfiguration: Sendable {
     public var maxEntriesPerMessage: Int
     /// Ticks between repeats of an unanswered repair request.
     public var repairRetryTicks: Int
+    /// Most payload bytes in one prepare or entries message (at least one entry goes).
+    public var maxMessageBytes: Int = 8 << 20
 
     public init(members: [NodeID], selfID: NodeID, heartbeatTicks: Int = 10,
                 electionTimeoutMinTicks: Int = 15, electionTimeoutMaxTicks: Int = 30,
@@ -460,11 +462,11 @@ public struct Replica: Sendable {
         emit(.append(newEntries))
         var start = 0
         while start < newEntries.count {
-            let chunk = Array(newEntries[start..<min(start + configuration.maxEntriesPerMessage, newEntries.count)])
+            let chunk = Self.prefix(newEntries[start..<min(start + configuration.maxEntriesPerMessage, newEntries.count)],
+                                    maxBytes: configuration.maxMessageBytes)
             broadcast(.prepare(view: view, commit: commitNumber, entries: chunk))
             start += chunk.count
         }
-        lastHeartbeatSent = now
         if configuration.members.count == 1 { advancePrimaryCommit() }
     }
 
@@ -639,6 +641,7 @@ public struct Replica: Sendable {
         guard primary(of: v) == from, !(v == view && isPrimary) else { return false }
         if v > view || status != .normal {
             let wasView = view
+            failPendingReads()
             view = v
             status = .normal
             // The log is unverified in this view beyond what is committed.
@@ -719,6 +722,19 @@ public struct Replica: Sendable {
         return true
     }
 
+    /// The longest prefix of `entries` under `maxBytes` (payload plus a
+    /// header estimate), never empty: one message stays a bounded frame.
+    static func prefix(_ entries: ArraySlice<LogEntry>, maxBytes: Int) -> [LogEntry] {
+        var bytes = 0
+        var count = 0
+        for entry in entries {
+            bytes += entry.payload.count + 128
+            if count > 0 && bytes > maxBytes { break }
+            count += 1
+        }
+        return Array(entries.prefix(count))
+    }
+
     /// Drops every entry above `after` (never a committed one).
     private mutating func truncate(after: OpNumber) {
         guard after < op else { return }
@@ -762,7 +778,8 @@ public struct Replica: Sendable {
         let viewChangeServer = status == .viewChange && requester == primary(of: view)
         guard normalPrimary || viewChangeServer else { return }
         let through = normalPrimary ? op : commitNumber
-        let chunk = Array(entries(from: first, through: min(through, first + OpNumber(configuration.maxEntriesPerMessage) - 1)))
+        let chunk = Self.prefix(entries(from: first, through: min(through, first + OpNumber(configuration.maxEntriesPerMessage) - 1)),
+                                maxBytes: configuration.maxMessageBytes)
         send(.entries(view: view, commit: commitNumber, lastOp: through, entries: chunk), to: requester)
     }
 
@@ -944,7 +961,7 @@ public struct Replica: Sendable {
         lastAckTick = Dictionary(uniqueKeysWithValues: others.map { ($0, now) })
         viewStartOp = op
         lastHeartbeatSent = now
-        pendingReads.removeAll()
+        failPendingReads()
         inflightSessions.removeAll()
         for entry in entries(from: commitNumber + 1, through: op) {
             if let session = entry.session { inflightSessions[session.clientID] = (session.requestNumber, entry.op) }

@@ -116,8 +116,20 @@ final class ClusterTransport: @unchecked Sendable {
         return true
     }
 
-    /// Dials every peer that is not connected (called on each heartbeat).
-    func maintainConnections() {
+    /// Dials every peer that is not connected, and closes an outbound
+    /// connection to a peer not heard from within `silentAfter` (a dead
+    /// link TCP has not noticed), so it is dialled afresh. Called on each heartbeat.
+    func maintainConnections(silentAfter: Duration) {
+        let now = NIODeadline.now()
+        let limit = TimeAmount.nanoseconds(silentAfter.nanoseconds)
+        let stale = state.withLockedValue { state -> [Channel] in
+            state.outbound.compactMap { node, channel in
+                guard let seen = state.peers[node]?.lastSeen, now - seen > limit else { return nil }
+                state.outbound[node] = nil
+                return channel
+            }
+        }
+        for channel in stale { channel.close(promise: nil) }
         for node in peerIDs { connect(to: node) }
     }
 

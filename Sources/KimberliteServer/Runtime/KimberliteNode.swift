@@ -212,7 +212,7 @@ public final class KimberliteNode: @unchecked Sendable {
             driver.submit(.event(.tick))
             count += 1
             if count % heartbeatEvery == 0 {
-                transport.maintainConnections()
+                transport.maintainConnections(silentAfter: max(config.consensus.electionTimeoutMax * 4, .seconds(2)))
                 let now = ClusterTransport.wallNanos()
                 for peer in transport.peerIDs { transport.send(.ping(sentAt: now), to: peer) }
                 updateGauges()

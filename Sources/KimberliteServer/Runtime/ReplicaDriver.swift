@@ -104,11 +104,7 @@ final class ReplicaDriver: @unchecked Sendable {
         }
         // Group commit: one fsync for everything this batch appended.
         if journal.lastOp > replica.durableOp {
-            do {
-                try journal.sync()
-            } catch {
-                fatal("journal sync failed: \(error)")
-            }
+            syncJournal()
             perform(replica.handle(.persisted(throughOp: journal.lastOp)))
         }
         persistCommitHintIfDue()
@@ -121,6 +117,9 @@ final class ReplicaDriver: @unchecked Sendable {
             case .send(let message, let to):
                 transport.send(.vsr(message), to: to)
             case .persistViewState(let view, let logView):
+                // The superblock vouches for the log (log view): the entries
+                // it vouches for must be durable first.
+                syncJournal()
                 superblockState.view = view
                 superblockState.logView = logView
                 // A lower bound: never lowered (a recovering replica's commit
@@ -156,6 +155,11 @@ final class ReplicaDriver: @unchecked Sendable {
                 log(note)
             }
         }
+    }
+
+    /// fsync (a no-op when nothing is pending or under "async").
+    private func syncJournal() {
+        do { try journal.sync() } catch { fatal("journal sync failed: \(error)") }
     }
 
     private func enqueueCommitted(through: OpNumber) {
@@ -216,6 +220,7 @@ final class ReplicaDriver: @unchecked Sendable {
         case .staleMessage(let name, let view, let from):
             logger.trace("ignored message from an older view", metadata: ["message": "\(name)", "message_view": "\(view)", "peer": "\(from)"])
         case .recovered(let view, let op):
+            syncJournal()
             superblockState.recoveryTarget = 0
             superblockState.commitNumber = max(superblockState.commitNumber, replica.commitNumber)
             do { try superblock.write(superblockState) } catch { fatal("superblock write failed: \(error)") }

@@ -37,8 +37,9 @@ for n in 1 2 3; do
     kmb_pids[$n]=$!
 done
 leader_port() {
-    local id; id=$(curl -fsS -m 2 127.0.0.1:29091/status | jq -r .leader_id)
-    [ "$id" != "0" ] && [ "$id" != "null" ] && echo $(( 27000 + (id - 1) * 100 ))
+    local id; id=$(curl -fsS -m 2 127.0.0.1:29091/status | jq -r .leader_id) || return 1
+    [[ "$id" =~ ^[1-9][0-9]*$ ]] || return 1
+    echo $(( 27000 + (id - 1) * 100 ))
 }
 wait_for "a Kimberlite leader" 60 leader_port
 LEADER=$(leader_port)

@@ -88,13 +88,8 @@ public struct LogEntry: Sendable, Equatable {
     /// Stamps a new entry and computes its checksum.
     public init(op: OpNumber, view: ViewNumber, timestampMs: Int64, session: ClientSession?,
                 payload: [UInt8], parent: Checksum) {
-        self.op = op
-        self.view = view
-        self.timestampMs = timestampMs
-        self.session = session
-        self.payload = payload
-        self.parent = parent
-        self.checksum = .zero
+        self.init(op: op, view: view, timestampMs: timestampMs, session: session, payload: payload,
+                  parent: parent, checksum: .zero)
         self.checksum = computeChecksum()
     }
 
@@ -154,9 +149,8 @@ public struct LogEntry: Sendable, Equatable {
         default: throw DecodeError.invalid("session flag \(hasSession)")
         }
         let payload = try reader.readBlob()
-        var entry = LogEntry(op: op, view: view, timestampMs: timestamp, session: session, payload: payload, parent: parent, checksum: checksum)
-        entry.checksum = checksum
-        return entry
+        return LogEntry(op: op, view: view, timestampMs: timestamp, session: session, payload: payload, parent: parent,
+                        checksum: checksum)
     }
 
     private init(op: OpNumber, view: ViewNumber, timestampMs: Int64, session: ClientSession?,

@@ -671,8 +671,7 @@ public struct Replica: Sendable {
     private mutating func acceptEntries(_ entries: [LogEntry], primaryCommit: OpNumber, primaryOp: OpNumber, from: NodeID) {
         if let first = entries.first, entriesAreWellFormed(entries, from: from) {
             let anchor = first.op - 1
-            if anchor <= op, anchor <= verifiedOp || checksum(at: anchor) == first.parent,
-               checksum(at: anchor) == first.parent {
+            if anchor <= op, checksum(at: anchor) == first.parent {
                 var index = 0
                 while index < entries.count, let mine = entry(entries[index].op),
                       mine.checksum == entries[index].checksum {

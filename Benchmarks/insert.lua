@@ -1,17 +1,24 @@
 -- wrk script: unique single-row inserts into Kimberlite (POST /v1/execute).
--- Each wrk thread gets its own id (set in setup), so keys never collide.
+-- Keys are "<run>-<thread>-<counter>": the run id comes from the command
+-- line (wrk ... -s insert.lua URL -- RUN) so runs against the same table
+-- never collide, and each wrk thread gets its own id in setup.
 local counter = 0
 local threads = {}
+local run = "0"
 
 function setup(thread)
   table.insert(threads, thread)
   thread:set("thread_id", #threads)
 end
 
+function init(args)
+  run = args[1] or "0"
+end
+
 request = function()
   counter = counter + 1
   local body = string.format(
-    '{"statements":[{"sql":"INSERT INTO bench(k, v) VALUES (?, ?)","params":["t%d-%d","value-%d"]}]}',
-    thread_id, counter, counter)
+    '{"statements":[{"sql":"INSERT INTO bench(k, v) VALUES (?, ?)","params":["%s-%d-%d","value-%d"]}]}',
+    run, thread_id, counter, counter)
   return wrk.format("POST", "/v1/execute", {["Content-Type"] = "application/json"}, body)
 end

@@ -69,7 +69,7 @@ ETCD=$(etcd_leader)
 
 # --- Load -------------------------------------------------------------------------
 run_wrk() { # url script connections -> "writes/s p50_ms p99_ms"
-    wrk -t "$(( $3 < 2 ? 1 : 2 ))" -c "$3" -d "${seconds}s" --latency -s "$2" "$1" 2>/dev/null | awk '
+    wrk -t "$(( $3 < 2 ? 1 : 2 ))" -c "$3" -d "${seconds}s" --latency -s "$2" "$1" -- "c$3" 2>/dev/null | awk '
         /Requests\/sec/ {rps=$2}
         /Non-2xx/ {errors=$5}
         /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}

@@ -185,12 +185,12 @@ public final class Projection: @unchecked Sendable {
     }
 
     private func applyInTransaction(_ entry: LogEntry, _ db: SQLiteConnection) throws -> ApplyOutcome {
-        var previous: (requestNumber: UInt64, outcome: ApplyOutcome)?
+        var previous: RecordedSession?
         if let session = entry.session {
             previous = try recordedSession(session.clientID, db)
             if let previous {
                 if session.requestNumber < previous.requestNumber { return .stale(lastRequestNumber: previous.requestNumber) }
-                if session.requestNumber == previous.requestNumber { return .duplicate(previous.outcome) }
+                if session.requestNumber == previous.requestNumber { return .duplicate(previous.outcome, originalOp: previous.lastOp) }
             } else if try db.scalar("SELECT 1 FROM _kmb_evicted_clients WHERE client_id = ?1",
                                     [.text(session.clientID)]) != nil {
                 return .sessionExpired
@@ -279,16 +279,18 @@ public final class Projection: @unchecked Sendable {
         }
     }
 
-    private func recordedSession(_ clientID: String, _ db: SQLiteConnection) throws -> (requestNumber: UInt64, outcome: ApplyOutcome)? {
-        let statement = try db.cached("SELECT request_number, outcome FROM _kmb_clients WHERE client_id = ?1")
+    private func recordedSession(_ clientID: String, _ db: SQLiteConnection) throws -> RecordedSession? {
+        let statement = try db.cached("SELECT request_number, last_op, outcome FROM _kmb_clients WHERE client_id = ?1")
         defer { statement.reset() }
         try statement.bind([.text(clientID)])
         guard try statement.step() else { return nil }
-        guard case .integer(let number) = statement.column(0), case .blob(let bytes) = statement.column(1) else {
+        guard case .integer(let number) = statement.column(0), case .integer(let lastOp) = statement.column(1),
+              case .blob(let bytes) = statement.column(2) else {
             throw SQLiteError(code: SQLITE_CORRUPT, message: "client table row for \(clientID) has the wrong types")
         }
         do {
-            return (UInt64(bitPattern: number), try ApplyOutcome.decode(bytes))
+            return RecordedSession(requestNumber: UInt64(bitPattern: number), lastOp: UInt64(bitPattern: lastOp),
+                                   outcome: try ApplyOutcome.decode(bytes))
         } catch {
             throw SQLiteError(code: SQLITE_CORRUPT, message: "client table outcome for \(clientID) is unreadable: \(error)")
         }
@@ -484,10 +486,10 @@ public final class Projection: @unchecked Sendable {
     }
 
     /// The committed client-table entry for `clientID`: its last request
-    /// number and recorded outcome (`.applied` or `.failed`), or nil when the
+    /// number, the op that carried it and the recorded outcome, or nil when the
     /// client has no session (never seen, or evicted — see `isEvicted`).
     /// Returns nil, and logs, if the table cannot be read.
-    public func lastSession(clientID: String) -> (requestNumber: UInt64, outcome: ApplyOutcome)? {
+    public func lastSession(clientID: String) -> RecordedSession? {
         do {
             return try readers.withReader { reader in
                 try recordedSession(clientID, reader.connection)

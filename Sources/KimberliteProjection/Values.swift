@@ -200,8 +200,9 @@ public indirect enum ApplyOutcome: Sendable, Equatable {
     /// statement (1-based) and carries SQLite's message.
     case failed(message: String)
     /// A session retry of the last request number: the recorded outcome
-    /// (`.applied` or `.failed`), nothing re-applied.
-    case duplicate(ApplyOutcome)
+    /// (`.applied` or `.failed`) and the op that first carried the request;
+    /// nothing re-applied.
+    case duplicate(ApplyOutcome, originalOp: UInt64)
     /// The request number is lower than the session's last: nothing applied.
     case stale(lastRequestNumber: UInt64)
     /// The session was evicted from the client table: nothing applied.
@@ -209,7 +210,7 @@ public indirect enum ApplyOutcome: Sendable, Equatable {
 
     /// Binary form stored in the client table: `tag(u8)` then 1 applied
     /// `count(u32) (rows i64, rowid i64)*`, 2 failed `message(str)`,
-    /// 3 duplicate `outcome`, 4 stale `last(u64)`, 5 session expired.
+    /// 3 duplicate `original_op(u64) outcome`, 4 stale `last(u64)`, 5 session expired.
     public func encode() -> [UInt8] {
         var writer = ByteWriter()
         encode(into: &writer)
@@ -228,8 +229,9 @@ public indirect enum ApplyOutcome: Sendable, Equatable {
         case .failed(let message):
             writer.write(UInt8(2))
             writer.writeString(message)
-        case .duplicate(let inner):
+        case .duplicate(let inner, let originalOp):
             writer.write(UInt8(3))
+            writer.write(originalOp)
             inner.encode(into: &writer)
         case .stale(let last):
             writer.write(UInt8(4))
@@ -264,7 +266,8 @@ public indirect enum ApplyOutcome: Sendable, Equatable {
             return .failed(message: try reader.readString(limit: reader.remaining))
         case 3:
             guard depth == 0 else { throw DecodeError.invalid("nested duplicate outcome") }
-            return .duplicate(try decode(from: &reader, depth: depth + 1))
+            let originalOp: UInt64 = try reader.read()
+            return .duplicate(try decode(from: &reader, depth: depth + 1), originalOp: originalOp)
         case 4:
             return .stale(lastRequestNumber: try reader.read())
         case 5:
@@ -286,5 +289,20 @@ public struct QueryResult: Sendable {
         self.columns = columns
         self.rows = rows
         self.appliedOp = appliedOp
+    }
+}
+
+/// One row of the replicated client table: a session's last request number,
+/// the op that carried it, and the outcome recorded when it was applied
+/// (`.applied` or `.failed`).
+public struct RecordedSession: Sendable, Equatable {
+    public var requestNumber: UInt64
+    public var lastOp: UInt64
+    public var outcome: ApplyOutcome
+
+    public init(requestNumber: UInt64, lastOp: UInt64, outcome: ApplyOutcome) {
+        self.requestNumber = requestNumber
+        self.lastOp = lastOp
+        self.outcome = outcome
     }
 }

@@ -157,10 +157,13 @@ import Testing
         _ = try await cluster.executeWithRetry([("CREATE TABLE counter(n INTEGER)", [])], clientID: "setup", requestNumber: 1)
         let first = try await cluster.execute(on: leader, [("INSERT INTO counter VALUES (1)", [])], clientID: "retry", requestNumber: 7)
         #expect(first.status == 200)
+        let firstOp = try #require(first.body["op"] as? Int)
+        #expect(firstOp > 0)
         for id in 1...3 {
             let again = try await cluster.execute(on: id, [("INSERT INTO counter VALUES (1)", [])], clientID: "retry", requestNumber: 7)
             #expect(again.status == 200, "\(again.text)")
             #expect(again.body["results"] != nil)
+            #expect(again.body["op"] as? Int == firstOp, "a retry answers with the op that first carried it: \(again.text)")
         }
         let lower = try await cluster.execute(on: leader, [("INSERT INTO counter VALUES (1)", [])], clientID: "retry", requestNumber: 6)
         #expect(lower.status == 409)

@@ -50,15 +50,15 @@ struct CodecTests {
             .applied([StatementResult(rowsAffected: 3, lastInsertRowID: -1), StatementResult(rowsAffected: 0, lastInsertRowID: .max)]),
             .applied([]),
             .failed(message: "UNIQUE constraint failed: t.x"),
-            .duplicate(.failed(message: "x")),
-            .duplicate(.applied([StatementResult(rowsAffected: 1, lastInsertRowID: 1)])),
+            .duplicate(.failed(message: "x"), originalOp: 17),
+            .duplicate(.applied([StatementResult(rowsAffected: 1, lastInsertRowID: 1)]), originalOp: 1),
             .stale(lastRequestNumber: .max),
             .sessionExpired,
         ]
         for outcome in outcomes {
             #expect(try ApplyOutcome.decode(outcome.encode()) == outcome)
         }
-        #expect(throws: DecodeError.self) { try ApplyOutcome.decode([3, 3, 5]) }  // nested duplicate
+        #expect(throws: DecodeError.self) { try ApplyOutcome.decode([3] + [UInt8](repeating: 0, count: 8) + [3] + [UInt8](repeating: 0, count: 8) + [5]) }  // nested duplicate
         #expect(throws: DecodeError.self) { try ApplyOutcome.decode([5, 0]) }     // trailing byte
         #expect(throws: DecodeError.self) { try ApplyOutcome.decode([]) }
         #expect(throws: DecodeError.self) { try ApplyOutcome.decode([9]) }

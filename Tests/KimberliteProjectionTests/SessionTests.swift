@@ -13,7 +13,7 @@ struct SessionTests {
             let first = try projection.apply(log.next("INSERT INTO t VALUES (?)", [.integer(7)], session: c1))
             #expect(first == .applied([StatementResult(rowsAffected: 1, lastInsertRowID: 1)]))
             let retry = try projection.apply(log.next("INSERT INTO t VALUES (?)", [.integer(7)], session: c1))
-            #expect(retry == .duplicate(first))
+            #expect(retry == .duplicate(first, originalOp: 2))
             #expect(try projection.count("t") == 1)
             #expect(projection.appliedOp == 3)
 
@@ -21,7 +21,7 @@ struct SessionTests {
             let c2 = ClientSession(clientID: "client-1", requestNumber: 5)
             let failed = try projection.apply(log.next("INSERT INTO t VALUES (7)", session: c2))
             #expect(failed.failureMessage?.contains("UNIQUE") == true)
-            #expect(try projection.apply(log.next("INSERT INTO t VALUES (8)", session: c2)) == .duplicate(failed))
+            #expect(try projection.apply(log.next("INSERT INTO t VALUES (8)", session: c2)) == .duplicate(failed, originalOp: 4))
             #expect(try projection.count("t") == 1)
 
             // Lower numbers are stale; nothing applied, the session unchanged.
@@ -29,7 +29,7 @@ struct SessionTests {
             #expect(stale == .stale(lastRequestNumber: 5))
             #expect(try projection.count("t") == 1)
             let recorded = try #require(projection.lastSession(clientID: "client-1"))
-            #expect(recorded.requestNumber == 5 && recorded.outcome == failed)
+            #expect(recorded.requestNumber == 5 && recorded.lastOp == 4 && recorded.outcome == failed)
             #expect(projection.lastSession(clientID: "nobody") == nil)
 
             // Gaps are allowed.
@@ -52,7 +52,7 @@ struct SessionTests {
         }
         let reopened = try Projection(directory: directory)
         defer { reopened.close() }
-        #expect(try reopened.apply(log.next("INSERT INTO t VALUES (1)", session: session)) == .duplicate(first))
+        #expect(try reopened.apply(log.next("INSERT INTO t VALUES (1)", session: session)) == .duplicate(first, originalOp: 2))
         #expect(try reopened.count("t") == 1)
     }
 

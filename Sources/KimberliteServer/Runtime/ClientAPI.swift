@@ -150,7 +150,7 @@ final class ClientAPI: @unchecked Sendable {
             session = ClientSession(clientID: clientID, requestNumber: number)
             // Answer a retry from the committed client table without logging it again.
             if let last = projection.lastSession(clientID: clientID) {
-                if number == last.requestNumber { return reply(op: nil, outcome: last.outcome) }
+                if number == last.requestNumber { return reply(op: last.lastOp, outcome: last.outcome) }
                 if number < last.requestNumber {
                     return error(409, "stale_request", "request_number \(number) is lower than the session's last (\(last.requestNumber))")
                 }
@@ -194,8 +194,8 @@ final class ClientAPI: @unchecked Sendable {
             return APIResponse(status: 200, body: Self.encode(body))
         case .failed(let message):
             return error(409, "apply_failed", message, op: op)
-        case .duplicate(let recorded):
-            return reply(op: op, outcome: recorded)
+        case .duplicate(let recorded, let originalOp):
+            return reply(op: originalOp, outcome: recorded)
         case .stale(let last):
             return error(409, "stale_request", "request_number is lower than the session's last (\(last))", op: op)
         case .sessionExpired:

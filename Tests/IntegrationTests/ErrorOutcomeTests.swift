@@ -1,0 +1,361 @@
+import Foundation
+import Testing
+
+/// The error outcomes of DESIGN.md §2 that need a cluster in a particular
+/// state to appear: 504 `outcome_unknown` (no quorum answers in time), 409
+/// `request_in_progress` (a second request while the first is outstanding),
+/// 507 `disk_full` (a nearly full data file system) and 409
+/// `session_expired` (a session evicted from the 10,000-entry client table).
+/// Each drives real `kimberlite-server` processes and checks that the error
+/// keeps its promise: the outcome of an unknown write settles to exactly one
+/// application, and a refused write changes nothing.
+/// Serialized: each test owns its processes, and two clusters at once would
+/// starve a 2-core machine.
+@Suite(.serialized) struct ErrorOutcomeTests {
+    /// No UNIQUE constraint: a write applied twice shows up as two rows.
+    static var createTable: (String, [Any]) { ("CREATE TABLE fate(id INTEGER PRIMARY KEY, name TEXT NOT NULL)", []) }
+
+    static func insert(_ name: String) -> [(String, [Any])] { [("INSERT INTO fate(name) VALUES (?)", [name])] }
+
+    /// Checks status, code and the `{"error": {...}}` shape of one refusal.
+    static func expectRefusal(_ reply: Cluster.HTTPReply, _ status: Int, _ code: String, _ what: String,
+                              sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(reply.status == status, "\(what): status \(reply.status): \(reply.text)", sourceLocation: sourceLocation)
+        #expect(reply.errorCode == code, "\(what): \(reply.text)", sourceLocation: sourceLocation)
+        #expect(reply.hasErrorShape, "\(what): not {\"error\":{\"code\",\"message\"}}: \(reply.text)", sourceLocation: sourceLocation)
+    }
+
+    /// After the cluster has a leader again: every node's strong read and,
+    /// once applied, its own projection (stale read) hold `name` exactly once.
+    static func expectExactlyOnce(_ name: String, in cluster: Cluster, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        for id in cluster.nodes.map(\.id) {
+            let strong = try await cluster.query(on: id, "SELECT count(*) FROM fate WHERE name = ?", params: [name])
+            #expect(strong.status == 200, "strong read on node \(id): \(strong.text)", sourceLocation: sourceLocation)
+            #expect(strong.firstInteger == 1, "'\(name)' on node \(id) (strong): \(strong.text)", sourceLocation: sourceLocation)
+        }
+        // Strong reads on followers are forwarded to the leader; each node's
+        // own projection is checked with stale reads once it has caught up.
+        var seen: [Int: Int] = [:]
+        try await cluster.waitUntil("every node applied '\(name)'") {
+            for id in cluster.nodes.map(\.id) {
+                let stale = try await cluster.query(on: id, "SELECT count(*) FROM fate WHERE name = ?", params: [name], consistency: "stale")
+                guard let count = stale.firstInteger, count >= 1 else { return false }
+                seen[id] = count
+            }
+            return true
+        }
+        for (id, count) in seen.sorted(by: { $0.key < $1.key }) {
+            #expect(count == 1, "'\(name)' on node \(id) (stale) appears \(count) times", sourceLocation: sourceLocation)
+        }
+    }
+
+    /// A three-node cluster with `fate` created and applied on every node.
+    static func clusterWithTable() async throws -> Cluster {
+        let cluster = try await Cluster.start(nodes: 3)
+        do {
+            _ = try await cluster.waitForLeader()
+            let create = try await cluster.executeWithRetry([createTable], clientID: "setup", requestNumber: 1)
+            #expect(create.status == 200, "\(create.text)")
+            try await cluster.waitUntil("every node applied the CREATE TABLE") {
+                for id in 1...3 where try await cluster.count("fate", on: id) != 0 { return false }
+                return true
+            }
+            return cluster
+        } catch {
+            cluster.shutdown()
+            throw error
+        }
+    }
+
+    // MARK: - 504 outcome_unknown
+
+    /// Runs `body` with every node but `leader` stopped (SIGSTOP), and
+    /// resumes them (SIGCONT) afterwards, whether `body` returns or throws.
+    static func withBackupsStopped<T>(_ cluster: Cluster, leader: Int, _ body: () async throws -> T) async throws -> T {
+        let backups = cluster.nodes.map(\.id).filter { $0 != leader }
+        for id in backups { cluster.signal(id, SIGSTOP) }
+        defer { for id in backups { cluster.signal(id, SIGCONT) } }
+        return try await body()
+    }
+
+    /// True for the answer of a leader that had already stepped down (it
+    /// does so election_timeout_max, 1.2 s, after its last acknowledgement):
+    /// nothing was logged, and the scenario is tried again from the start.
+    static func leaderSteppedDown(_ reply: Cluster.HTTPReply) -> Bool {
+        reply.status == 503 && reply.errorCode == "no_leader"
+    }
+
+    /// Scenario attempts when the leader stepped down too early (a loaded machine).
+    static let attempts = 3
+
+    @Test func writeWithoutQuorumIs504OutcomeUnknownAndSettlesExactlyOnce() async throws {
+        let cluster = try await Self.clusterWithTable()
+        defer { cluster.shutdown() }
+
+        // A write sent right after both backups stop is logged, then waits for
+        // a quorum that never answers until request_timeout (3 s).
+        var outcome: (reply: Cluster.HTTPReply, before: Int, waited: Duration, client: String)?
+        for attempt in 1...Self.attempts {
+            let leader = try await cluster.waitForLeader()
+            let before = try #require(await cluster.opAndCommit(leader)).op
+            let client = "fate-\(attempt)"
+            let (reply, waited) = try await Self.withBackupsStopped(cluster, leader: leader) {
+                let sent = ContinuousClock.now
+                let reply = try await cluster.execute(on: leader, Self.insert(client), clientID: client, requestNumber: 1)
+                return (reply, ContinuousClock.now - sent)
+            }
+            if Self.leaderSteppedDown(reply) {
+                print("outcome_unknown attempt \(attempt): leader \(leader) had stepped down already: \(reply.text)")
+                continue
+            }
+            outcome = (reply, before, waited, client)
+            break
+        }
+        let (unknown, before, waited, client) = try #require(outcome, "in \(Self.attempts) attempts the leader always stepped down first")
+
+        Self.expectRefusal(unknown, 504, "outcome_unknown", "write with both backups stopped")
+        let loggedAs = unknown.errorOp
+        #expect(loggedAs == before + 1, "the 504 names the op the write was logged as (op was \(before)): \(unknown.text)")
+        #expect(unknown.errorMessage?.contains("request_number") == true, "tells the client how to retry: \(unknown.text)")
+        // It is the timeout that answered (3 s in the harness), not an early refusal.
+        #expect(waited >= .milliseconds(2500), "answered after \(waited), before request_timeout")
+
+        // The outcome settles: the same request number is applied exactly once,
+        // whether the logged entry survived the view change or not.
+        _ = try await cluster.waitForLeader()
+        let retry = try await cluster.executeWithRetry(Self.insert(client), clientID: client, requestNumber: 1)
+        #expect(retry.status == 200, "retry of the unknown write: \(retry.text)")
+        let retryOp = try #require(retry.body["op"] as? Int, "\(retry.text)")
+        print("outcome_unknown: logged as op \(loggedAs.map(String.init) ?? "nil"); retry answered with op \(retryOp)"
+              + (retryOp == loggedAs ? " (the entry survived the view change)" : " (applied anew)"))
+        // Asking again answers from the client table with the same op.
+        let again = try await cluster.executeWithRetry(Self.insert(client), clientID: client, requestNumber: 1)
+        #expect(again.status == 200 && again.body["op"] as? Int == retryOp, "\(again.text)")
+        try await Self.expectExactlyOnce(client, in: cluster)
+    }
+
+    // MARK: - 409 request_in_progress
+
+    @Test func secondRequestWhileFirstIsOutstandingIs409RequestInProgress() async throws {
+        let cluster = try await Self.clusterWithTable()
+        defer { cluster.shutdown() }
+
+        var outcome: (second: Cluster.HTTPReply, first: Cluster.HTTPReply, opAfterSecond: Int?, before: Int, client: String)?
+        for attempt in 1...Self.attempts {
+            let leader = try await cluster.waitForLeader()
+            let before = try #require(await cluster.opAndCommit(leader)).op
+            let client = "c\(attempt)"
+            let result = try await Self.withBackupsStopped(cluster, leader: leader) {
+                () async throws -> (second: Cluster.HTTPReply?, first: Cluster.HTTPReply, opAfterSecond: Int?) in
+                // HTTPReply is not Sendable (its body is [String: Any]): the task hands back status and text.
+                let first = Task { () async throws -> (Int, String) in
+                    let reply = try await cluster.execute(on: leader, Self.insert("\(client)-1"), clientID: client, requestNumber: 1)
+                    return (reply.status, reply.text)
+                }
+                // Request 1 is outstanding once the leader has logged it (op + 1);
+                // it cannot commit while both backups are stopped. Polled
+                // tightly: the leader steps down 1.2 s after the backups stopped.
+                let deadline = ContinuousClock.now + .seconds(1)
+                var logged = false
+                while !logged && ContinuousClock.now < deadline {
+                    logged = (await cluster.opAndCommit(leader)?.op ?? 0) > before
+                    if !logged { try await Task.sleep(for: .milliseconds(5)) }  // poll interval
+                }
+                guard logged else {
+                    return (nil, Cluster.HTTPReply(parsing: try await first.value), nil)
+                }
+                let second = try await cluster.execute(on: leader, Self.insert("\(client)-2"), clientID: client, requestNumber: 2)
+                let opAfterSecond = await cluster.opAndCommit(leader)?.op
+                return (second, Cluster.HTTPReply(parsing: try await first.value), opAfterSecond)
+            }
+            guard let second = result.second else {
+                print("request_in_progress attempt \(attempt): request 1 not logged within 1 s; it got \(result.first.text)")
+                continue
+            }
+            if Self.leaderSteppedDown(second) {
+                print("request_in_progress attempt \(attempt): leader \(leader) had stepped down before request 2: \(second.text)")
+                continue
+            }
+            outcome = (second, result.first, result.opAfterSecond, before, client)
+            break
+        }
+        let (second, firstReply, opAfterSecond, before, client) = try #require(
+            outcome, "in \(Self.attempts) attempts the leader always stepped down first")
+
+        Self.expectRefusal(second, 409, "request_in_progress", "request 2 while request 1 is outstanding")
+        #expect(second.errorMessage?.contains("request 1 outstanding") == true, "names the outstanding request: \(second.text)")
+        #expect(second.errorOp == nil, "nothing was logged, so no op: \(second.text)")
+        #expect(opAfterSecond == before + 1, "request 2 must not be logged: op \(opAfterSecond.map(String.init) ?? "nil"), was \(before)")
+        // Request 1 itself was still outstanding when request 2 was refused.
+        Self.expectRefusal(firstReply, 504, "outcome_unknown", "request 1 with both backups stopped")
+
+        // The session goes on: request 1 settles, then request 2 is applied.
+        _ = try await cluster.waitForLeader()
+        let retryFirst = try await cluster.executeWithRetry(Self.insert("\(client)-1"), clientID: client, requestNumber: 1)
+        #expect(retryFirst.status == 200, "\(retryFirst.text)")
+        let retrySecond = try await cluster.executeWithRetry(Self.insert("\(client)-2"), clientID: client, requestNumber: 2)
+        #expect(retrySecond.status == 200, "\(retrySecond.text)")
+        try await Self.expectExactlyOnce("\(client)-1", in: cluster)
+        try await Self.expectExactlyOnce("\(client)-2", in: cluster)
+    }
+
+    // MARK: - 507 disk_full
+
+    @Test func writeOnANearlyFullFileSystemIs507DiskFullAndChangesNothing() async throws {
+        let mountPoint = FileManager.default.temporaryDirectory.appendingPathComponent("kmb-tmpfs-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: mountPoint) }
+        // 40 MiB: room for the server's files, and small enough to fill quickly.
+        let mounted = try await Cluster.run("/bin/mount", ["-t", "tmpfs", "-o", "size=40m", "tmpfs", mountPoint])
+        try #require(mounted.exited && mounted.status == 0, "mount a 40 MiB tmpfs (needs root): \(mounted)")
+        defer { Self.unmount(mountPoint) }
+
+        let dataDir = mountPoint + "/node1"
+        let cluster = try await Cluster.start(nodes: 1, environment: ["KMB_DATA_DIR": dataDir])
+        defer { cluster.shutdown() }
+        _ = try await cluster.waitForLeader()
+        let create = try await cluster.execute(on: 1, [Self.createTable])
+        #expect(create.status == 200, "\(create.text)")
+        let seed = try await cluster.execute(on: 1, Self.insert("seed"))
+        #expect(seed.status == 200, "\(seed.text)")
+        #expect(FileManager.default.fileExists(atPath: dataDir + "/log"), "the server uses the tmpfs data directory")
+
+        // Leave 8 MiB free: under the 16 MiB margin, yet enough for SQLite to read.
+        let filler = mountPoint + "/filler"
+        let free = try #require(Self.availableBytes(mountPoint))
+        let target = 8 << 20
+        try #require(free > target + (1 << 20), "only \(free) bytes free on a fresh 40 MiB tmpfs")
+        try Self.writeFiller(filler, bytes: free - target)
+        let left = try #require(Self.availableBytes(mountPoint))
+        try #require(left < 16 << 20, "filler left \(left) bytes free")
+
+        let before = try #require(await cluster.opAndCommit(1))
+        let countBefore = try await cluster.count("fate", on: 1)
+        for n in 1...3 {
+            let refused = try await cluster.execute(on: 1, Self.insert("full-\(n)"), clientID: "w", requestNumber: n)
+            Self.expectRefusal(refused, 507, "disk_full", "write \(n) with \(left) bytes free")
+            #expect(refused.errorOp == nil, "nothing logged, so no op: \(refused.text)")
+            #expect(refused.errorMessage?.contains("nothing was written") == true, "\(refused.text)")
+        }
+        let after = try #require(await cluster.opAndCommit(1))
+        #expect(after.op == before.op, "op_number moved from \(before) to \(after)")
+        #expect(try await cluster.count("fate", on: 1) == countBefore)
+        #expect(countBefore == 1)
+
+        // Space back: the next write (same session, number 1 was never taken) succeeds.
+        try FileManager.default.removeItem(atPath: filler)
+        let accepted = try await cluster.execute(on: 1, Self.insert("after"), clientID: "w", requestNumber: 1)
+        #expect(accepted.status == 200, "\(accepted.text)")
+        #expect(accepted.body["op"] as? Int == before.op + 1, "\(accepted.text)")
+        #expect(try await cluster.count("fate", on: 1) == 2)
+    }
+
+    /// Free bytes for an unprivileged writer on `path`'s file system.
+    static func availableBytes(_ path: String) -> Int? {
+        var stats = statvfs()
+        guard statvfs(path, &stats) == 0 else { return nil }
+        return Int(stats.f_bavail) * Int(stats.f_frsize)
+    }
+
+    /// Writes `bytes` zero bytes to a new file at `path`, 1 MiB at a time.
+    static func writeFiller(_ path: String, bytes: Int) throws {
+        FileManager.default.createFile(atPath: path, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        defer { try? handle.close() }
+        let chunk = Data(count: 1 << 20)
+        var written = 0
+        while written < bytes {
+            let size = min(chunk.count, bytes - written)
+            try handle.write(contentsOf: size == chunk.count ? chunk : chunk.prefix(size))
+            written += size
+        }
+    }
+
+    /// Unmounts (lazily if busy) a tmpfs this test mounted.
+    static func unmount(_ path: String) {
+        for arguments in [[path], ["-l", path]] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/umount")
+            process.arguments = arguments
+            guard (try? process.run()) != nil else { continue }
+            process.waitUntilExit()
+            if process.terminationStatus == 0 { return }
+        }
+    }
+
+    // MARK: - 409 session_expired
+
+    @Test func oldestOf10001SessionsIsEvictedAndGets409SessionExpired() async throws {
+        let cluster = try await Cluster.start(nodes: 1)
+        defer { cluster.shutdown() }
+        _ = try await cluster.waitForLeader()
+        // Without a client_id, so the only sessions are the ones below.
+        let create = try await cluster.execute(on: 1, [Self.createTable])
+        #expect(create.status == 200, "\(create.text)")
+        let started = ContinuousClock.now
+
+        // Session 0 first, alone, so it has the oldest last op.
+        let zero = try await cluster.execute(on: 1, Self.insert("s0"), clientID: "s0", requestNumber: 1)
+        #expect(zero.status == 200, "\(zero.text)")
+        let zeroOp = try #require(zero.body["op"] as? Int)
+        let failures = try await Self.openSessions(1..<10_000, on: cluster)
+        #expect(failures.isEmpty, "sessions refused: \(failures.prefix(5))")
+
+        // 10,000 sessions: the table is full, nothing evicted yet.
+        let kept = try await cluster.execute(on: 1, Self.insert("s0"), clientID: "s0", requestNumber: 1)
+        #expect(kept.status == 200 && kept.body["op"] as? Int == zeroOp, "session 0 still answered from the table: \(kept.text)")
+
+        // The 10,001st session evicts the oldest, session 0.
+        let last = try await Self.openSessions(10_000..<10_001, on: cluster)
+        #expect(last.isEmpty, "\(last)")
+        let countBefore = try #require(try await cluster.count("fate", on: 1))
+        #expect(countBefore == 10_001)
+        let expired = try await cluster.execute(on: 1, Self.insert("s0-again"), clientID: "s0", requestNumber: 2)
+        Self.expectRefusal(expired, 409, "session_expired", "session 0's next request after eviction")
+        #expect(expired.errorOp != nil, "the entry was logged, so the refusal carries its op: \(expired.text)")
+        #expect(try await cluster.count("fate", on: 1) == countBefore, "an expired session's statements are not applied")
+        // Its old request number is no longer answered from the table either.
+        let oldRetry = try await cluster.execute(on: 1, Self.insert("s0"), clientID: "s0", requestNumber: 1)
+        Self.expectRefusal(oldRetry, 409, "session_expired", "session 0 retrying request 1 after eviction")
+        // The second oldest was kept and goes on.
+        let next = try await cluster.execute(on: 1, Self.insert("s1-again"), clientID: "s1", requestNumber: 2)
+        #expect(next.status == 200, "\(next.text)")
+        #expect(try await cluster.count("fate", on: 1) == countBefore + 1)
+        print("session_expired: 10,001 sessions opened and checked in \(ContinuousClock.now - started)")
+    }
+
+    /// Sends request 1 of sessions `s<n>` for every n in `range`, 32 at a
+    /// time; returns the ones not answered 200 as "s<n>: status body".
+    static func openSessions(_ range: Range<Int>, on cluster: Cluster) async throws -> [String] {
+        try await withThrowingTaskGroup(of: String?.self) { group in
+            var failures: [String] = []
+            var outstanding = 0
+            for n in range {
+                if outstanding == 32, let result = try await group.next() {
+                    if let result { failures.append(result) }
+                    outstanding -= 1
+                }
+                group.addTask {
+                    let reply = try await cluster.execute(on: 1, insert("s\(n)"), clientID: "s\(n)", requestNumber: 1)
+                    return reply.status == 200 ? nil : "s\(n): \(reply.status) \(reply.text)"
+                }
+                outstanding += 1
+            }
+            while let result = try await group.next() {
+                if let result { failures.append(result) }
+            }
+            return failures
+        }
+    }
+}
+
+private extension Cluster.HTTPReply {
+    /// Rebuilds a reply from the status and text a task handed back.
+    init(parsing answer: (status: Int, text: String)) {
+        let object = (try? JSONSerialization.jsonObject(with: Data(answer.text.utf8))) as? [String: Any] ?? [:]
+        self.init(status: answer.status, body: object, text: answer.text)
+    }
+
+    /// The first column of the first row, when it is an integer.
+    var firstInteger: Int? { (body["rows"] as? [[Any]])?.first?.first as? Int }
+}

@@ -55,8 +55,13 @@ public struct DurableState: Sendable {
     public var log: [LogEntry]
     /// A commit number known to be safe (superblock or projection); only a hint.
     public var commitHint: OpNumber
-    /// True for a replica that has never started before (no superblock):
-    /// only then may the primary of view 0 start in normal status.
+    /// True for a replica that has never joined its cluster (its superblock
+    /// is not marked formed: a new node, or one whose data directory was
+    /// wiped; the two look alike on disk). It starts `recovering` and takes
+    /// part only once every other member has confirmed that it holds nothing
+    /// either (a brand-new cluster: view 0 starts), or once it has recovered
+    /// from the primary of a cluster that already formed. Ignored in a
+    /// one-node cluster.
     public var isFresh: Bool
     /// An op this replica knows was committed (superblock, projection). When
     /// the log ends below it, entries were lost (deleted or corrupt): the
@@ -126,6 +131,12 @@ public enum ReplicaNote: Sendable, Equatable {
     case badEntry(op: OpNumber, from: NodeID)
     /// A recovering replica's log is whole again; it votes from now on.
     case recovered(view: ViewNumber, op: OpNumber)
+    /// Every other member confirmed a brand-new cluster: this replica starts
+    /// view 0 with an empty log. The runtime records that it has formed.
+    case formed
+    /// A fresh replica waits for cluster formation: `fresh` of the `needed`
+    /// other members have answered that they hold nothing.
+    case awaitingFormation(fresh: Int, needed: Int)
 }
 
 /// Output of the replica; the runtime performs these in order.
@@ -193,7 +204,15 @@ public struct Replica: Sendable {
     /// While recovering: the op the log must reach before this replica votes again.
     public private(set) var recoveryTarget: OpNumber = 0
     private var recoveryNonce: UInt64 = 0
-    private var recoveryResponses: [NodeID: (view: ViewNumber, op: OpNumber, isPrimary: Bool)] = [:]
+    private var recoveryResponses: [NodeID: (view: ViewNumber, op: OpNumber, isPrimary: Bool, isFresh: Bool)] = [:]
+    /// A fresh replica with nothing on disk, not yet told that the cluster
+    /// formed without it: it may still start view 0 with the others.
+    public private(set) var formationPending = false
+    /// False for a primary that formed the cluster until a quorum has
+    /// acknowledged it: until then it prepares nothing, so members still
+    /// waiting for formation keep seeing an empty log and can form too.
+    private var viewConfirmed = true
+    private var confirmingBackups: Set<NodeID> = []
     private var recoveryLeader: NodeID? = nil
     private var recoveryStartedAt: UInt64 = 0
 
@@ -250,22 +269,24 @@ public struct Replica: Sendable {
         self.highestTimestamp = durable.log.last?.timestampMs ?? 0
         self.status = durable.logView == durable.view ? .normal : .viewChange
         resetElectionTimer()
-        if durable.recoveryTarget > op || durable.lostEntries {
+        if durable.recoveryTarget > op || durable.lostEntries || (durable.isFresh && configuration.members.count > 1) {
             // Lost entries this replica may have acknowledged: it must not
             // vote with, or lead from, a log that forgot them (VRR §4.3).
+            // A replica that never joined cannot tell a new cluster from a
+            // wiped disk, so it recovers too, unless every other member
+            // turns out to hold nothing either (cluster formation).
             status = .recovering
             recoveryTarget = max(durable.recoveryTarget, op)
             logView = min(logView, durable.logView)
             verifiedOp = min(verifiedOp, op)
+            formationPending = durable.isFresh && !durable.lostEntries && durable.recoveryTarget == 0
+                && durable.log.isEmpty && durable.view == 0
         } else if configuration.members.count == 1 {
             // A one-node cluster is its own quorum.
             status = .normal
             logView = view
             verifiedOp = op
             becomePrimaryState()
-        } else if durable.isFresh {
-            precondition(durable.view == 0 && durable.log.isEmpty, "a fresh replica has no state")
-            if isPrimary { becomePrimaryState() }
         } else if status == .normal && isPrimary {
             // Restarted as primary of its view: it may have lost entries it
             // had not fsynced, so it must not lead this view again. It waits
@@ -326,6 +347,8 @@ public struct Replica: Sendable {
         precondition(verifiedOp <= op && durableOp <= op, "verified/durable within the log")
         precondition(commitNumber <= durableOp, "commit \(commitNumber) <= durable \(durableOp)")
         precondition(logView <= view, "log view <= view")
+        precondition(!formationPending || (status == .recovering && holdsNothing && view == 0),
+                     "only an empty, recovering replica in view 0 awaits formation")
     }
 
     private mutating func emit(_ action: ReplicaAction) { actions.append(action) }
@@ -424,8 +447,10 @@ public struct Replica: Sendable {
     // MARK: - Client requests (§4.1 steps 1–3)
 
     private mutating func onClientRequests(_ requests: [ClientRequest], nowMs: Int64) {
-        guard status == .normal, isPrimary else {
-            for request in requests { emit(.rejected(requestID: request.id, .notPrimary(leader: leader))) }
+        guard status == .normal, isPrimary, viewConfirmed else {
+            for request in requests {
+                emit(.rejected(requestID: request.id, .notPrimary(leader: viewConfirmed ? leader : nil)))
+            }
             return
         }
         var newEntries: [LogEntry] = []
@@ -517,10 +542,13 @@ public struct Replica: Sendable {
         }
         switch message {
         case .recovery(let nonce):
-            // §4.3: only a replica in normal status answers.
-            if status == .normal {
-                send(.recoveryResponse(view: view, nonce: nonce, op: isPrimary ? op : 0, commit: commitNumber,
-                                       isPrimary: isPrimary), to: from)
+            // §4.3: a replica in normal status answers. One with an empty
+            // log answers in any status: a replica waiting for cluster
+            // formation needs every member's word that it holds nothing.
+            let answersAsPrimary = status == .normal && isPrimary
+            if status == .normal || holdsNothing {
+                send(.recoveryResponse(view: view, nonce: nonce, op: answersAsPrimary ? op : 0, commit: commitNumber,
+                                       isPrimary: answersAsPrimary, isFresh: holdsNothing), to: from)
             }
             return
         case .recoveryResponse:
@@ -587,9 +615,25 @@ public struct Replica: Sendable {
     /// deposed primary or an old op number.
     private mutating func onMessageWhileRecovering(_ message: Message, from: NodeID) {
         switch message {
-        case .recoveryResponse(let v, let nonce, let primaryOp, _, let isPrimary):
+        case .recovery(let nonce):
+            // Replicas waiting for formation tell each other they hold nothing.
+            if formationPending, holdsNothing {
+                send(.recoveryResponse(view: 0, nonce: nonce, op: 0, commit: 0, isPrimary: false, isFresh: true), to: from)
+            }
+        case .recoveryResponse(let v, let nonce, let primaryOp, _, let isPrimary, let isFresh):
             guard nonce == recoveryNonce, recoveryLeader == nil else { return }
-            recoveryResponses[from] = (v, primaryOp, isPrimary)
+            recoveryResponses[from] = (v, primaryOp, isPrimary, isFresh)
+            if formationPending {
+                if !isFresh {
+                    // The cluster formed without this replica: recover from its primary.
+                    formationPending = false
+                } else {
+                    let fresh = recoveryResponses.values.filter(\.isFresh).count
+                    emit(.note(.awaitingFormation(fresh: fresh, needed: others.count)))
+                    if fresh == others.count { formCluster(view: recoveryResponses.values.map(\.view).max()!) }
+                    return
+                }
+            }
             guard recoveryResponses.count >= configuration.quorum else { return }
             let latest = recoveryResponses.values.map(\.view).max()!
             let leader = primary(of: latest)
@@ -621,6 +665,42 @@ public struct Replica: Sendable {
             }
         default:
             break
+        }
+    }
+
+    /// True when this replica's log is empty: it holds no op that anyone
+    /// could have relied on.
+    private var holdsNothing: Bool { op == 0 }
+
+    /// Cluster formation: every other member answered this round that its
+    /// log is empty, so no op can have been committed (that needs f + 1
+    /// logs, and this replica has none) and an empty log is a truthful vote.
+    /// Every other member is required, not a quorum: a wiped replica answers
+    /// "fresh" too, and only a full house guarantees that an answer comes
+    /// from each replica that kept its disk. `view` is the highest view
+    /// answered: 0 starts view 0 at once; a later one (members that changed
+    /// views while waiting) joins the view change in progress.
+    private mutating func formCluster(view latest: ViewNumber) {
+        precondition(holdsNothing && formationPending, "only an empty replica forms a cluster")
+        formationPending = false
+        logView = 0
+        verifiedOp = 0
+        recoveryTarget = 0
+        recoveryResponses.removeAll()
+        resetElectionTimer()
+        emit(.note(.formed))
+        if latest > view {
+            startViewChange(to: latest)
+            return
+        }
+        status = .normal
+        if isPrimary {
+            becomePrimaryState()
+            viewConfirmed = false
+            confirmingBackups.removeAll()
+            emit(.note(.becamePrimary(view: view, op: op, commit: commitNumber)))
+        } else {
+            emit(.note(.becameBackup(view: view, primary: primary(of: view))))
         }
     }
 
@@ -784,6 +864,10 @@ public struct Replica: Sendable {
 
     private mutating func recordAck(from node: NodeID, op ackOp: OpNumber) {
         lastAckTick[node] = now
+        if !viewConfirmed {
+            confirmingBackups.insert(node)
+            viewConfirmed = confirmingBackups.count + 1 >= configuration.quorum
+        }
         if ackOp > ackedOp[node] ?? 0 { ackedOp[node] = min(ackOp, op) }
         advancePrimaryCommit()
         serveConfirmedReads()
@@ -955,6 +1039,7 @@ public struct Replica: Sendable {
     }
 
     private mutating func becomePrimaryState() {
+        viewConfirmed = true
         ackedOp.removeAll()
         ackedSequence.removeAll()
         lastAckTick = Dictionary(uniqueKeysWithValues: others.map { ($0, now) })

@@ -25,6 +25,15 @@ public struct SuperblockState: Equatable, Sendable, Codable {
     /// must reach before it votes again. Kept across restarts so a replica
     /// that crashes while recovering keeps recovering.
     public var recoveryTarget: OpNumber = 0
+    /// The replica has joined its cluster: it formed it with the other
+    /// members, or recovered from the primary of a cluster that had formed.
+    /// False in a new data directory, so a wiped replica never passes for a
+    /// member that simply has nothing yet.
+    public var formed = false
+    /// The journal has held an entry. An empty journal in a data directory
+    /// where this is set lost its entries (`rm -rf log/*`): the replica
+    /// recovers them before it votes again.
+    public var logStarted = false
 
     public init(clusterName: String, nodeID: NodeID, view: ViewNumber = 0, logView: ViewNumber = 0,
                 commitNumber: OpNumber = 0, epoch: UInt64 = 0, members: [NodeID]) {
@@ -162,6 +171,7 @@ public final class Superblock {
         writer.write(state.epoch)
         writer.writeBlob(state.members)
         writer.write(state.recoveryTarget)
+        writer.write(UInt8((state.formed ? 1 : 0) | (state.logStarted ? 2 : 0)))
         return writer.bytes
     }
 
@@ -214,6 +224,10 @@ public final class Superblock {
                 epoch: try body.read(),
                 members: try body.readBlob(limit: 256))
             state.recoveryTarget = try body.read()
+            let flags: UInt8 = try body.read()
+            guard flags & ~3 == 0 else { slot.problem = "unknown flags \(flags)"; return slot }
+            state.formed = flags & 1 != 0
+            state.logStarted = flags & 2 != 0
             guard body.isAtEnd else { slot.problem = "trailing bytes in state"; return slot }
             slot.state = state
         } catch {

@@ -45,9 +45,15 @@ final class Cluster: @unchecked Sendable {
     /// spurious view changes.
     static func start(nodes count: Int, syncMode: String = "fsync", clusterName: String = "itest",
                       environment: [String: String] = [:]) async throws -> Cluster {
-        let cluster = try Cluster(count: count, clusterName: clusterName, environment: environment.merging(["KMB_SYNC_MODE": syncMode]) { a, _ in a })
+        let cluster = try prepare(nodes: count, syncMode: syncMode, clusterName: clusterName, environment: environment)
         for index in cluster.nodes.indices { try cluster.launch(index) }
         return cluster
+    }
+
+    /// The same cluster with no process started yet; `restart(id)` starts one.
+    static func prepare(nodes count: Int, syncMode: String = "fsync", clusterName: String = "itest",
+                        environment: [String: String] = [:]) throws -> Cluster {
+        try Cluster(count: count, clusterName: clusterName, environment: environment.merging(["KMB_SYNC_MODE": syncMode]) { a, _ in a })
     }
 
     private init(count: Int, clusterName: String, environment: [String: String]) throws {

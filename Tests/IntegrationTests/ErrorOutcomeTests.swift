@@ -310,9 +310,12 @@ import Testing
         #expect(last.isEmpty, "\(last)")
         let countBefore = try #require(try await cluster.count("fate", on: 1))
         #expect(countBefore == 10_001)
+        let opBefore = try #require(await cluster.opAndCommit(1)).op
         let expired = try await cluster.execute(on: 1, Self.insert("s0-again"), clientID: "s0", requestNumber: 2)
         Self.expectRefusal(expired, 409, "session_expired", "session 0's next request after eviction")
-        #expect(expired.errorOp != nil, "the entry was logged, so the refusal carries its op: \(expired.text)")
+        // Refused before the log, so a client retrying in a loop cannot fill it.
+        #expect(expired.errorOp == nil, "an expired session's request was logged: \(expired.text)")
+        #expect(try #require(await cluster.opAndCommit(1)).op == opBefore)
         #expect(try await cluster.count("fate", on: 1) == countBefore, "an expired session's statements are not applied")
         // Its old request number is no longer answered from the table either.
         let oldRetry = try await cluster.execute(on: 1, Self.insert("s0"), clientID: "s0", requestNumber: 1)

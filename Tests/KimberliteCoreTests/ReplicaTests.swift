@@ -3,10 +3,95 @@ import Testing
 
 /// Direct, hand-driven checks of single rules; the simulator covers the rest.
 @Suite struct ReplicaTests {
-    func replica(_ id: NodeID, members: [NodeID] = [1, 2, 3], fresh: Bool = true) -> Replica {
+    /// A replica of a brand-new cluster after formation (every other member answered "fresh").
+    func replica(_ id: NodeID, members: [NodeID] = [1, 2, 3]) -> Replica {
+        var node = unformed(id, members: members)
+        guard members.count > 1 else { return node }
+        let nonce = recoveryNonce(node.handle(.tick))!
+        for other in members where other != id {
+            _ = node.handle(.message(fresh(nonce), from: other))
+        }
+        if node.isPrimary {
+            // The backups formed too and acknowledge the primary.
+            for other in members where other != id {
+                _ = node.handle(.message(.commitAck(view: 0, sequence: 0, op: 0), from: other))
+            }
+        }
+        return node
+    }
+
+    func unformed(_ id: NodeID, members: [NodeID] = [1, 2, 3]) -> Replica {
         Replica(configuration: ReplicaConfiguration(members: members, selfID: id, heartbeatTicks: 2,
                                                     electionTimeoutMinTicks: 5, electionTimeoutMaxTicks: 8),
-                durable: DurableState(isFresh: fresh), seed: 1)
+                durable: DurableState(isFresh: true), seed: 1)
+    }
+
+    func fresh(_ nonce: UInt64) -> Message {
+        .recoveryResponse(view: 0, nonce: nonce, op: 0, commit: 0, isPrimary: false, isFresh: true)
+    }
+
+    func recoveryNonce(_ actions: [ReplicaAction]) -> UInt64? {
+        for case .send(.recovery(let nonce), _) in actions { return nonce }
+        return nil
+    }
+
+    @Test func newClusterFormsOnlyWhenEveryOtherMemberHoldsNothing() {
+        var node = unformed(1)
+        #expect(node.status == .recovering && node.formationPending)
+        #expect(node.leader == nil)
+        let nonce = recoveryNonce(node.handle(.tick))!
+        // A quorum is not enough: a wiped replica would answer "fresh" too.
+        let first = node.handle(.message(fresh(nonce), from: 2))
+        #expect(first.contains(.note(.awaitingFormation(fresh: 1, needed: 2))))
+        #expect(node.status == .recovering)
+        // An answer to an older round does not count.
+        _ = node.handle(.message(fresh(nonce &+ 1), from: 3))
+        #expect(node.status == .recovering)
+        let second = node.handle(.message(fresh(nonce), from: 3))
+        #expect(second.contains(.note(.formed)))
+        #expect(node.status == .normal && node.isPrimary && node.view == 0)
+        // It prepares nothing until a quorum acknowledges it, so members still
+        // waiting for formation keep seeing an empty log.
+        let early = node.handle(.clientRequests([ClientRequest(id: 1, session: nil, payload: [1])], nowMs: 5))
+        #expect(early == [.rejected(requestID: 1, .notPrimary(leader: nil))])
+        #expect(node.op == 0)
+        _ = node.handle(.message(.commitAck(view: 0, sequence: 1, op: 0), from: 2))
+        let later = node.handle(.clientRequests([ClientRequest(id: 2, session: nil, payload: [1])], nowMs: 6))
+        #expect(later.contains(.accepted(requestID: 2, op: 1)))
+    }
+
+    @Test func memberThatChangedViewsWhileEmptyLetsOthersFormIntoThatView() {
+        var node = unformed(2)
+        let nonce = recoveryNonce(node.handle(.tick))!
+        _ = node.handle(.message(.recoveryResponse(view: 4, nonce: nonce, op: 0, commit: 0, isPrimary: false, isFresh: true), from: 1))
+        let actions = node.handle(.message(fresh(nonce), from: 3))
+        #expect(actions.contains(.note(.formed)))
+        #expect(node.status == .viewChange && node.view == 4)
+        #expect(actions.contains(.persistViewState(view: 4, logView: 0)))
+    }
+
+    @Test func replicaThatFindsAFormedClusterRecoversInsteadOfForming() {
+        var node = unformed(1)
+        let nonce = recoveryNonce(node.handle(.tick))!
+        _ = node.handle(.message(fresh(nonce), from: 2))
+        // Node 3 holds entries: the cluster formed (and node 1 may have been wiped).
+        let actions = node.handle(.message(.recoveryResponse(view: 0, nonce: nonce, op: 0, commit: 4, isPrimary: false, isFresh: false), from: 3))
+        #expect(!actions.contains(.note(.formed)))
+        #expect(node.status == .recovering && !node.formationPending)
+        #expect(node.leader == nil)
+        // It no longer tells others it may form with them.
+        let asked = node.handle(.message(.recovery(nonce: 77), from: 2))
+        #expect(!asked.contains { if case .send(.recoveryResponse, _) = $0 { return true } else { return false } })
+    }
+
+    @Test func recoveryAnswersSayWhetherTheSenderHoldsAnything() {
+        var waiting = unformed(2)
+        let answer = waiting.handle(.message(.recovery(nonce: 5), from: 1))
+        #expect(answer.contains(.send(fresh(5), to: 1)))
+        var primary = replica(1)
+        _ = primary.handle(.clientRequests([ClientRequest(id: 1, session: nil, payload: [1])], nowMs: 5))
+        let after = primary.handle(.message(.recovery(nonce: 6), from: 3))
+        #expect(after.contains(.send(.recoveryResponse(view: 0, nonce: 6, op: 1, commit: 0, isPrimary: true, isFresh: false), to: 3)))
     }
 
     @Test func singleNodeCommitsOnItsOwnFsync() {

@@ -30,13 +30,15 @@ import Testing
             totals.crashes += statistics.crashes
             totals.partitions += statistics.partitions
             totals.logLosses += statistics.logLosses
+            totals.wipes += statistics.wipes
             totals.acknowledged += statistics.acknowledged
         }
-        print("simulation seeds \(seeds): view changes \(totals.viewChanges), crashes \(totals.crashes), partitions \(totals.partitions), lost logs \(totals.logLosses), acknowledged writes \(totals.acknowledged)")
+        print("simulation seeds \(seeds): view changes \(totals.viewChanges), crashes \(totals.crashes), partitions \(totals.partitions), lost logs \(totals.logLosses), wiped data directories \(totals.wipes), acknowledged writes \(totals.acknowledged)")
         // A range that saw no faults tested nothing.
         #expect(totals.viewChanges > 0, "no view change happened in seeds \(seeds)")
         #expect(totals.crashes > 0, "no crash-restart happened in seeds \(seeds)")
         #expect(totals.logLosses > 0, "no replica lost its log in seeds \(seeds)")
+        #expect(totals.wipes > 0, "no replica lost its whole data directory in seeds \(seeds)")
         #expect(totals.acknowledged > 0)
     }
 

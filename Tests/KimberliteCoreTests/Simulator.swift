@@ -35,6 +35,7 @@ struct Simulator {
         var crashes = 0
         var partitions = 0
         var logLosses = 0
+        var wipes = 0
         var acknowledged = 0
         var committedOps: OpNumber = 0
     }
@@ -53,6 +54,9 @@ struct Simulator {
         var knownCommitted: OpNumber = 0
         /// The journal detected that it dropped entries (the corruption case).
         var lostEntries = false
+        /// The superblock says this replica has joined the cluster (formed
+        /// with the others, or recovered from a primary).
+        var formed = false
         var waiters: [UInt64: (client: Int, op: OpNumber, checksum: Checksum)] = [:]
         var restarts = 0
     }
@@ -221,15 +225,27 @@ struct Simulator {
         node.disk.removeSubrange((node.synced + kept)...)
         node.synced = node.disk.count
         node.knownCommitted = max(node.knownCommitted, node.replica.commitNumber)
-        // The superblock keeps a recovering replica recovering across restarts.
-        if node.replica.status == .recovering { node.lostEntries = true }
+        // The superblock keeps a recovering replica recovering across
+        // restarts; one that never joined stays unformed instead.
+        if node.replica.status == .recovering, node.formed { node.lostEntries = true }
         // Sometimes the journal itself is lost or corrupt (an operator's
         // `rm -rf log/*`, a bad disk): only if no other replica is still
         // recovering, since more than f such losses at once is beyond VSR.
         let anotherRecovering = nodes.indices.contains { other in
             other != index && (nodes[other].replica.status == .recovering || nodes[other].lostEntries)
         }
-        if !anotherRecovering, chance(0.15) {
+        if !anotherRecovering, chance(0.08) {
+            // The whole data directory is gone (a lost volume): the replica
+            // comes back as a brand-new one and must not pass for one.
+            node.disk.removeAll()
+            node.synced = 0
+            node.superblock = (0, 0)
+            node.knownCommitted = 0
+            node.lostEntries = false
+            node.formed = false
+            statistics.wipes += 1
+            log("n\(index + 1) loses its whole data directory")
+        } else if !anotherRecovering, chance(0.15) {
             node.disk.removeSubrange(Int.random(in: 0...node.disk.count, using: &rng)...)
             node.synced = node.disk.count
             node.lostEntries = true
@@ -252,7 +268,8 @@ struct Simulator {
         let lost = OpNumber(node.disk.count) < node.knownCommitted
         let durable = DurableState(view: node.superblock.view, logView: node.superblock.logView,
                                    log: node.disk, commitHint: min(node.commitHint, OpNumber(node.disk.count)),
-                                   recoveryTarget: lost ? node.knownCommitted : 0, lostEntries: node.lostEntries)
+                                   isFresh: !node.formed, recoveryTarget: lost ? node.knownCommitted : 0,
+                                   lostEntries: node.lostEntries)
         nodes[index].lostEntries = false
         nodes[index].replica = Replica(configuration: configuration, durable: durable,
                                        seed: seed &+ UInt64(tick) &* 7 &+ UInt64(index))
@@ -312,6 +329,10 @@ struct Simulator {
                 break
             case .note(let note):
                 if case .viewChangeStarted = note { statistics.viewChanges += 1 }
+                switch note {
+                case .formed, .recovered: nodes[index].formed = true
+                default: break
+                }
                 log("n\(selfID) \(note)")
             }
         }

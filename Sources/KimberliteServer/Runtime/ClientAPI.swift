@@ -154,6 +154,9 @@ final class ClientAPI: @unchecked Sendable {
                 if number < last.requestNumber {
                     return error(409, "stale_request", "request_number \(number) is lower than the session's last (\(last.requestNumber))")
                 }
+            } else if (try? projection.isEvicted(clientID: clientID)) == true {
+                // Refused at apply anyway; a client retrying in a loop must not fill the log.
+                return error(409, "session_expired", "the session was evicted from the client table; start a new client_id")
             }
         }
         do {

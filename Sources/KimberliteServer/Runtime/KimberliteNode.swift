@@ -66,6 +66,8 @@ public final class KimberliteNode: @unchecked Sendable {
                     detail: "it belongs to node \(stored.nodeID) of cluster \"\(stored.clusterName)\", this is node \(selfID) of cluster \"\(config.server.clusterName)\"")
             }
         } else {
+            // A one-node cluster forms on its own; larger ones at formation.
+            superblockState.formed = members.count == 1
             try superblock.write(superblockState)
         }
 
@@ -85,10 +87,12 @@ public final class KimberliteNode: @unchecked Sendable {
         registry.setApplied(appliedOp)
 
         let durableBase = DurableState(view: superblockState.view, logView: superblockState.logView, log: log,
-                                   commitHint: max(superblockState.commitNumber, appliedOp), isFresh: stored == nil)
+                                   commitHint: max(superblockState.commitNumber, appliedOp),
+                                   isFresh: members.count > 1 && !superblockState.formed)
         var durable = durableBase
-        if OpNumber(log.count) < durable.commitHint || journalLostEntries || superblockState.recoveryTarget > 0 {
-            durable.lostEntries = journalLostEntries || superblockState.recoveryTarget > 0
+        let journalEmptied = log.isEmpty && superblockState.logStarted
+        if OpNumber(log.count) < durable.commitHint || journalLostEntries || journalEmptied || superblockState.recoveryTarget > 0 {
+            durable.lostEntries = journalLostEntries || journalEmptied || superblockState.recoveryTarget > 0
             // The log lost committed entries (deleted or corrupt). The
             // replica starts recovering: it neither votes nor leads until a
             // primary has sent it the log through the committed op again.
@@ -97,6 +101,10 @@ public final class KimberliteNode: @unchecked Sendable {
             durable.recoveryTarget = max(durable.commitHint, superblockState.recoveryTarget, OpNumber(log.count), 1)
             superblockState.recoveryTarget = durable.recoveryTarget
             try superblock.write(superblockState)
+        }
+        if durable.isFresh {
+            logger.notice("this data directory has not joined the cluster yet: it starts the cluster when every other member reports an empty data directory too, or recovers from the leader",
+                          metadata: ["journal_op": "\(log.count)", "members": "\(members.count)"])
         }
         let ticks = { (duration: Duration) in max(1, Int((duration / Self.tickInterval).rounded(.up))) }
         let heartbeatTicks = ticks(config.consensus.heartbeatInterval)

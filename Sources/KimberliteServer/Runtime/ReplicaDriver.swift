@@ -105,6 +105,12 @@ final class ReplicaDriver: @unchecked Sendable {
         // Group commit: one fsync for everything this batch appended.
         if journal.lastOp > replica.durableOp {
             syncJournal()
+            if !superblockState.logStarted {
+                // Once, before the first prepare_ok: from now on an empty
+                // journal here means lost entries, not a new replica.
+                superblockState.logStarted = true
+                writeSuperblock()
+            }
             perform(replica.handle(.persisted(throughOp: journal.lastOp)))
         }
         persistCommitHintIfDue()
@@ -125,7 +131,7 @@ final class ReplicaDriver: @unchecked Sendable {
                 // A lower bound: never lowered (a recovering replica's commit
                 // number restarts below what was committed).
                 superblockState.commitNumber = max(superblockState.commitNumber, replica.commitNumber)
-                do { try superblock.write(superblockState) } catch { fatal("superblock write failed: \(error)") }
+                writeSuperblock()
             case .truncateLog(let after):
                 do { try journal.truncate(after: after) } catch { fatal("journal truncate failed: \(error)") }
             case .append(let entries):
@@ -158,6 +164,10 @@ final class ReplicaDriver: @unchecked Sendable {
     }
 
     /// fsync (a no-op when nothing is pending or under "async").
+    private func writeSuperblock() {
+        do { try superblock.write(superblockState) } catch { fatal("superblock write failed: \(error)") }
+    }
+
     private func syncJournal() {
         do { try journal.sync() } catch { fatal("journal sync failed: \(error)") }
     }
@@ -177,7 +187,7 @@ final class ReplicaDriver: @unchecked Sendable {
               ContinuousClock.now - lastSuperblockCommitWrite > .seconds(1) else { return }
         lastSuperblockCommitWrite = .now
         superblockState.commitNumber = replica.commitNumber
-        do { try superblock.write(superblockState) } catch { fatal("superblock write failed: \(error)") }
+        writeSuperblock()
     }
 
     private func publish() {
@@ -222,9 +232,17 @@ final class ReplicaDriver: @unchecked Sendable {
         case .recovered(let view, let op):
             syncJournal()
             superblockState.recoveryTarget = 0
+            superblockState.formed = true
             superblockState.commitNumber = max(superblockState.commitNumber, replica.commitNumber)
-            do { try superblock.write(superblockState) } catch { fatal("superblock write failed: \(error)") }
+            writeSuperblock()
             logger.notice("Recovering complete: the log is whole again; taking part in the cluster", metadata: ["view": "\(view)", "op": "\(op)"])
+        case .formed:
+            superblockState.formed = true
+            writeSuperblock()
+            logger.notice("cluster formed: every member started with an empty data directory; view 0 begins",
+                          metadata: ["members": "\(replica.configuration.members.count)"])
+        case .awaitingFormation(let fresh, let needed):
+            logger.debug("waiting for cluster formation", metadata: ["empty_members": "\(fresh)", "needed": "\(needed)"])
         case .badEntry(let op, let from):
             metrics.checksumFailures.increment()
             logger.error("Checksum mismatch in entry received from peer; discarded (corrupt in transit or at the sender)",

@@ -43,8 +43,11 @@ leader_port() {
 }
 wait_for "a Kimberlite leader" 60 leader_port
 LEADER=$(leader_port)
-curl -fsS -XPOST "127.0.0.1:$LEADER/v1/execute" \
-    -d '{"statements":[{"sql":"CREATE TABLE bench(id INTEGER PRIMARY KEY, k TEXT UNIQUE, v TEXT)"}]}' >/dev/null
+create_table() {
+    curl -fsS -XPOST "127.0.0.1:$LEADER/v1/execute" \
+        -d '{"statements":[{"sql":"CREATE TABLE IF NOT EXISTS bench(id INTEGER PRIMARY KEY, k TEXT UNIQUE, v TEXT)"}]}' >/dev/null
+}
+wait_for "the bench table" 30 create_table
 rss() { awk '/VmRSS/ {printf "%d", $2/1024}' "/proc/$1/status"; }
 idle_rss="$(rss "${kmb_pids[1]}") / $(rss "${kmb_pids[2]}") / $(rss "${kmb_pids[3]}") MB"
 

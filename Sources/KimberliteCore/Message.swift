@@ -34,10 +34,12 @@ public enum Message: Sendable, Equatable {
     /// §4.3: a replica that lost entries, or has never joined the cluster,
     /// asks who leads now; `nonce` ties answers to this request.
     case recovery(nonce: UInt64)
-    /// §4.3: a replica in normal status answers; the primary includes its op
-    /// number. `isFresh` says the sender holds nothing (view 0, empty log):
-    /// a replica waiting for cluster formation answers with it too.
-    case recoveryResponse(view: ViewNumber, nonce: UInt64, op: OpNumber, commit: OpNumber, isPrimary: Bool, isFresh: Bool)
+    /// §4.3: a replica in normal status answers (`isNormal`); the primary
+    /// includes its op number. `isFresh` says the sender's log is empty (in
+    /// any view): replicas with an empty log answer in any status, for
+    /// cluster formation, but only `isNormal` answers count for §4.3.
+    case recoveryResponse(view: ViewNumber, nonce: UInt64, op: OpNumber, commit: OpNumber, isPrimary: Bool, isFresh: Bool,
+                          isNormal: Bool)
 }
 
 /// §4.2 DOVIEWCHANGE: the sender's log state for the new primary.
@@ -84,7 +86,7 @@ extension Message {
         case .doViewChange(let dvc): return dvc.view
         case .startView(let sv): return sv.view
         case .recovery: return 0
-        case .recoveryResponse(let view, _, _, _, _, _): return view
+        case .recoveryResponse(let view, _, _, _, _, _, _): return view
         }
     }
 
@@ -135,9 +137,9 @@ extension Message {
             writeEntries(entries)
         case .recovery(let nonce):
             writer.write(UInt8(10)); writer.write(nonce)
-        case .recoveryResponse(let view, let nonce, let op, let commit, let isPrimary, let isFresh):
+        case .recoveryResponse(let view, let nonce, let op, let commit, let isPrimary, let isFresh, let isNormal):
             writer.write(UInt8(11)); writer.write(view); writer.write(nonce); writer.write(op); writer.write(commit)
-            writer.write(isPrimary); writer.write(isFresh)
+            writer.write(isPrimary); writer.write(isFresh); writer.write(isNormal)
         }
     }
 
@@ -175,7 +177,8 @@ extension Message {
         case 10: return .recovery(nonce: try reader.read())
         case 11:
             return .recoveryResponse(view: try reader.read(), nonce: try reader.read(), op: try reader.read(),
-                                     commit: try reader.read(), isPrimary: try reader.readBool(), isFresh: try reader.readBool())
+                                     commit: try reader.read(), isPrimary: try reader.readBool(), isFresh: try reader.readBool(),
+                                     isNormal: try reader.readBool())
         default: throw DecodeError.invalid("message tag \(tag)")
         }
     }

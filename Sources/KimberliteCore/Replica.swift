@@ -131,8 +131,9 @@ public enum ReplicaNote: Sendable, Equatable {
     case badEntry(op: OpNumber, from: NodeID)
     /// A recovering replica's log is whole again; it votes from now on.
     case recovered(view: ViewNumber, op: OpNumber)
-    /// Every other member confirmed a brand-new cluster: this replica starts
-    /// view 0 with an empty log. The runtime records that it has formed.
+    /// Every other member answered with an empty log: this replica joins the
+    /// cluster with an empty log, in view 0 or in the view change at the
+    /// highest view answered. The runtime records that it has formed.
     case formed
     /// A fresh replica waits for cluster formation: `fresh` of the `needed`
     /// other members have answered that they hold nothing.
@@ -204,15 +205,19 @@ public struct Replica: Sendable {
     /// While recovering: the op the log must reach before this replica votes again.
     public private(set) var recoveryTarget: OpNumber = 0
     private var recoveryNonce: UInt64 = 0
-    private var recoveryResponses: [NodeID: (view: ViewNumber, op: OpNumber, isPrimary: Bool, isFresh: Bool)] = [:]
+    private var recoveryResponses: [NodeID: (view: ViewNumber, op: OpNumber, isPrimary: Bool, isFresh: Bool, isNormal: Bool)] = [:]
     /// A fresh replica with nothing on disk, not yet told that the cluster
     /// formed without it: it may still start view 0 with the others.
     public private(set) var formationPending = false
-    /// False for a primary that formed the cluster until a quorum has
-    /// acknowledged it: until then it prepares nothing, so members still
-    /// waiting for formation keep seeing an empty log and can form too.
+    /// False for a primary that formed the cluster until every other member
+    /// has acknowledged it (or a quorum has, and the rest had
+    /// `formationGraceTicks` to form): until then it prepares nothing, so
+    /// members still waiting for formation keep seeing an empty log and form
+    /// too, instead of falling back to a recovery that needs this primary.
     private var viewConfirmed = true
     private var confirmingBackups: Set<NodeID> = []
+    private var formedAt: UInt64 = 0
+    private var formationGraceTicks: UInt64 { UInt64(configuration.electionTimeoutMaxTicks) * 4 }
     private var recoveryLeader: NodeID? = nil
     private var recoveryStartedAt: UInt64 = 0
 
@@ -304,8 +309,9 @@ public struct Replica: Sendable {
         configuration.members[Int(view % UInt64(configuration.members.count))]
     }
     public var isPrimary: Bool { primary(of: view) == selfID }
-    /// The leader this replica knows of: the primary of its view in normal status.
-    public var leader: NodeID? { status == .normal ? primary(of: view) : nil }
+    /// The leader this replica knows of: the primary of its view in normal
+    /// status (for the primary itself, once it may take writes).
+    public var leader: NodeID? { status == .normal && (viewConfirmed || !isPrimary) ? primary(of: view) : nil }
     /// True when this primary may serve strong reads: it has committed the
     /// log it started its view with.
     public var hasCommittedViewStart: Bool { status == .normal && isPrimary && commitNumber >= viewStartOp }
@@ -355,9 +361,15 @@ public struct Replica: Sendable {
     private mutating func send(_ message: Message, to node: NodeID) { emit(.send(message, to: node)) }
     private mutating func broadcast(_ message: Message) { for node in others { send(message, to: node) } }
 
+    /// View changes started in a row without reaching normal status; each
+    /// doubles the next timeout (up to 8×) so replicas whose view changes
+    /// keep outrunning the message delays slow down until one completes.
+    private var failedViewChanges = 0
+
     private mutating func resetElectionTimer() {
         let low = configuration.electionTimeoutMinTicks, high = configuration.electionTimeoutMaxTicks
-        electionDeadline = now + UInt64(Int.random(in: low...high, using: &rng))
+        let backoff = status == .viewChange ? 1 << min(failedViewChanges, 3) : 1
+        electionDeadline = now + UInt64(Int.random(in: low...high, using: &rng) * backoff)
     }
 
     // MARK: - Time
@@ -548,7 +560,7 @@ public struct Replica: Sendable {
             let answersAsPrimary = status == .normal && isPrimary
             if status == .normal || holdsNothing {
                 send(.recoveryResponse(view: view, nonce: nonce, op: answersAsPrimary ? op : 0, commit: commitNumber,
-                                       isPrimary: answersAsPrimary, isFresh: holdsNothing), to: from)
+                                       isPrimary: answersAsPrimary, isFresh: holdsNothing, isNormal: status == .normal), to: from)
             }
             return
         case .recoveryResponse:
@@ -611,18 +623,20 @@ public struct Replica: Sendable {
     /// answered, including the primary of the latest view they name, it
     /// follows that primary, fetches its log through the op the primary
     /// reported, and only then votes again. Answers to an older nonce, and
-    /// every other message, are ignored: a delayed message could name a
-    /// deposed primary or an old op number.
+    /// every other message, are ignored (a delayed message could name a
+    /// deposed primary or an old op number), except `recovery` itself, which
+    /// a replica awaiting formation answers with "fresh".
     private mutating func onMessageWhileRecovering(_ message: Message, from: NodeID) {
         switch message {
         case .recovery(let nonce):
             // Replicas waiting for formation tell each other they hold nothing.
             if formationPending, holdsNothing {
-                send(.recoveryResponse(view: 0, nonce: nonce, op: 0, commit: 0, isPrimary: false, isFresh: true), to: from)
+                send(.recoveryResponse(view: 0, nonce: nonce, op: 0, commit: 0, isPrimary: false, isFresh: true, isNormal: false),
+                     to: from)
             }
-        case .recoveryResponse(let v, let nonce, let primaryOp, _, let isPrimary, let isFresh):
+        case .recoveryResponse(let v, let nonce, let primaryOp, _, let isPrimary, let isFresh, let isNormal):
             guard nonce == recoveryNonce, recoveryLeader == nil else { return }
-            recoveryResponses[from] = (v, primaryOp, isPrimary, isFresh)
+            recoveryResponses[from] = (v, primaryOp, isPrimary, isFresh, isNormal)
             if formationPending {
                 if !isFresh {
                     // The cluster formed without this replica: recover from its primary.
@@ -634,10 +648,13 @@ public struct Replica: Sendable {
                     return
                 }
             }
-            guard recoveryResponses.count >= configuration.quorum else { return }
-            let latest = recoveryResponses.values.map(\.view).max()!
+            // §4.3 counts only replicas in normal status: a replica waiting
+            // for formation (maybe wiped) or changing views vouches for nothing.
+            let normal = recoveryResponses.values.filter(\.isNormal)
+            guard normal.count >= configuration.quorum else { return }
+            let latest = normal.map(\.view).max()!
             let leader = primary(of: latest)
-            guard let answer = recoveryResponses[leader], answer.view == latest, answer.isPrimary else { return }
+            guard let answer = recoveryResponses[leader], answer.isNormal, answer.view == latest, answer.isPrimary else { return }
             if view != latest {
                 view = latest
                 logView = min(logView, latest)
@@ -673,11 +690,12 @@ public struct Replica: Sendable {
     private var holdsNothing: Bool { op == 0 }
 
     /// Cluster formation: every other member answered this round that its
-    /// log is empty, so no op can have been committed (that needs f + 1
-    /// logs, and this replica has none) and an empty log is a truthful vote.
-    /// Every other member is required, not a quorum: a wiped replica answers
-    /// "fresh" too, and only a full house guarantees that an answer comes
-    /// from each replica that kept its disk. `view` is the highest view
+    /// log is empty. A committed op has f + 1 holders and at most f replicas
+    /// are faulty (a wiped one answers "fresh" too), so if any op had been
+    /// committed before these answers, some holder would have answered with
+    /// it; hence every other member is required, not a quorum. Ops
+    /// committed after the answers are harmless: this replica joins as an
+    /// empty, lagging member and repairs like any backup. `view` is the highest view
     /// answered: 0 starts view 0 at once; a later one (members that changed
     /// views while waiting) joins the view change in progress.
     private mutating func formCluster(view latest: ViewNumber) {
@@ -698,6 +716,7 @@ public struct Replica: Sendable {
             becomePrimaryState()
             viewConfirmed = false
             confirmingBackups.removeAll()
+            formedAt = now
             emit(.note(.becamePrimary(view: view, op: op, commit: commitNumber)))
         } else {
             emit(.note(.becameBackup(view: view, primary: primary(of: view))))
@@ -866,7 +885,8 @@ public struct Replica: Sendable {
         lastAckTick[node] = now
         if !viewConfirmed {
             confirmingBackups.insert(node)
-            viewConfirmed = confirmingBackups.count + 1 >= configuration.quorum
+            viewConfirmed = confirmingBackups.count == others.count
+                || (confirmingBackups.count + 1 >= configuration.quorum && now - formedAt >= formationGraceTicks)
         }
         if ackOp > ackedOp[node] ?? 0 { ackedOp[node] = min(ackOp, op) }
         advancePrimaryCommit()
@@ -901,6 +921,7 @@ public struct Replica: Sendable {
 
     private mutating func startViewChange(to newView: ViewNumber) {
         precondition(newView > view || (newView == view && status != .normal))
+        failedViewChanges = status == .viewChange ? failedViewChanges + 1 : 0
         failPendingReads()
         view = newView
         status = .viewChange

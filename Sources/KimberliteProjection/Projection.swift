@@ -29,6 +29,8 @@ public final class Projection: @unchecked Sendable {
     // Apply side: one read-write connection, used under `applyLock`.
     private let applyLock = NSLock()
     private var writer: SQLiteConnection?
+    /// True while `applyInOneTransaction` runs more than one entry.
+    private var applyingBatch = false
     private let writerAuthorizer = AuthorizerState()
     private let writerClock = EntryClock(unavailableReason: "kmb_timestamp() is only set while an entry is applied")
 
@@ -155,32 +157,69 @@ public final class Projection: @unchecked Sendable {
     ///   out of memory): nothing of the entry is recorded, the caller must stop
     ///   or retry the same entry. `.closed` after `close()`.
     public func apply(_ entry: LogEntry) throws -> ApplyOutcome {
-        try applyLock.withLock {
+        try apply([entry])[0]
+    }
+
+    /// Applies consecutive committed entries (`appliedOp + 1` onward) in one
+    /// SQLite transaction, each inside its own savepoint, so each entry's
+    /// outcome is exactly what `apply(_:)` would give it while the batch
+    /// pays for one commit (and one set of WAL pages) instead of one per
+    /// entry. Readers see all of the batch or none of it. If a statement's
+    /// conflict clause ends the transaction itself (`OR ROLLBACK`), the
+    /// batch is undone and applied again one entry per transaction.
+    /// - Returns: one outcome per entry, in order.
+    /// - Throws: as `apply(_:)`; on `.storage` nothing of the batch is recorded.
+    public func apply(_ entries: [LogEntry]) throws -> [ApplyOutcome] {
+        guard !entries.isEmpty else { return [] }
+        return try applyLock.withLock {
             guard let db = writer else { throw ProjectionError.closed }
             let expected = appliedOp &+ 1
-            guard entry.op == expected else { throw ProjectionError.outOfOrder(expected: expected, got: entry.op) }
-            do {
-                try db.execute("BEGIN IMMEDIATE")
-                let outcome = try applyInTransaction(entry, db)
-                try db.run("UPDATE _kmb_meta SET value = ?1 WHERE key = 'applied_op'",
-                           [.integer(Int64(bitPattern: entry.op))])
-                try db.execute("COMMIT")
-                appliedLock.withLock { appliedOpStorage = entry.op }
-                appliedGauge.record(Int64(bitPattern: entry.op))
-                return outcome
-            } catch {
-                writerAuthorizer.begin(.trusted)
-                writerClock.timestampMs = nil
-                if !db.autocommit { try? db.execute("ROLLBACK") }
-                let wrapped: ProjectionError
-                switch error {
-                case let error as ProjectionError: wrapped = error
-                case let error as SQLiteError: wrapped = .storage(operation: "apply op \(entry.op)", error)
-                default: wrapped = .storage(operation: "apply op \(entry.op)", SQLiteError(code: SQLITE_ERROR, message: "\(error)"))
-                }
-                logger.error("projection apply failed", metadata: ["op": "\(entry.op)", "error": "\(wrapped)"])
-                throw wrapped
+            for (index, entry) in entries.enumerated() where entry.op != expected &+ OpNumber(index) {
+                throw ProjectionError.outOfOrder(expected: expected &+ OpNumber(index), got: entry.op)
             }
+            if entries.count > 1 {
+                do {
+                    return try applyInOneTransaction(entries, db)
+                } catch BatchInterrupted.transactionEnded {
+                    logger.debug("a statement ended the batch's transaction; applying its entries one by one",
+                                 metadata: ["first_op": "\(entries[0].op)", "entries": "\(entries.count)"])
+                }
+            }
+            return try entries.map { try applyInOneTransaction([$0], db)[0] }
+        }
+    }
+
+    /// A statement ended a multi-entry transaction, undoing earlier entries.
+    private enum BatchInterrupted: Error { case transactionEnded }
+
+    private func applyInOneTransaction(_ entries: [LogEntry], _ db: SQLiteConnection) throws -> [ApplyOutcome] {
+        let last = entries[entries.count - 1].op
+        applyingBatch = entries.count > 1
+        defer { applyingBatch = false }
+        do {
+            try db.execute("BEGIN IMMEDIATE")
+            var outcomes: [ApplyOutcome] = []
+            outcomes.reserveCapacity(entries.count)
+            for entry in entries { outcomes.append(try applyInTransaction(entry, db)) }
+            try db.run("UPDATE _kmb_meta SET value = ?1 WHERE key = 'applied_op'", [.integer(Int64(bitPattern: last))])
+            try db.execute("COMMIT")
+            appliedLock.withLock { appliedOpStorage = last }
+            appliedGauge.record(Int64(bitPattern: last))
+            return outcomes
+        } catch {
+            writerAuthorizer.begin(.trusted)
+            writerClock.timestampMs = nil
+            if !db.autocommit { try? db.execute("ROLLBACK") }
+            if let interrupted = error as? BatchInterrupted { throw interrupted }
+            let wrapped: ProjectionError
+            let where_ = entries.count == 1 ? "apply op \(last)" : "apply ops \(entries[0].op)...\(last)"
+            switch error {
+            case let error as ProjectionError: wrapped = error
+            case let error as SQLiteError: wrapped = .storage(operation: where_, error)
+            default: wrapped = .storage(operation: where_, SQLiteError(code: SQLITE_ERROR, message: "\(error)"))
+            }
+            logger.error("projection apply failed", metadata: ["op": "\(entries[0].op)", "entries": "\(entries.count)", "error": "\(wrapped)"])
+            throw wrapped
         }
     }
 
@@ -243,8 +282,10 @@ public final class Projection: @unchecked Sendable {
                     "op": "\(entry.op)", "statement": "\(index)", "error": "\(error.message)", "code": "\(error.code)",
                 ])
                 if db.autocommit {
-                    // OR ROLLBACK / RAISE(ROLLBACK) ended our transaction; its
-                    // only changes were this entry's, so start again empty.
+                    // OR ROLLBACK / RAISE(ROLLBACK) ended our transaction. With
+                    // one entry its only changes were this entry's, so start
+                    // again empty; in a batch, earlier entries went too.
+                    if applyingBatch { throw BatchInterrupted.transactionEnded }
                     try db.execute("BEGIN IMMEDIATE")
                 } else {
                     try db.execute("ROLLBACK TO kmb_entry; RELEASE kmb_entry")

@@ -21,9 +21,11 @@ public struct SuperblockState: Equatable, Sendable, Codable {
     /// Membership epoch (bumped by membership changes and force-leader).
     public var epoch: UInt64
     public var members: [NodeID]
-    /// Non-zero while the replica is recovering lost entries: the op its log
-    /// must reach before it votes again. Kept across restarts so a replica
-    /// that crashes while recovering keeps recovering.
+    /// True while the replica is recovering lost entries; kept across
+    /// restarts so a replica that crashes while recovering keeps recovering.
+    public var recovering = false
+    /// While `recovering`: the op its log must reach before it votes again
+    /// (at least; the primary's op at recovery time raises it).
     public var recoveryTarget: OpNumber = 0
     /// The replica has joined its cluster: it formed it with the other
     /// members, or recovered from the primary of a cluster that had formed.
@@ -62,7 +64,8 @@ public final class Superblock {
     public static let slotSize = 4096
     public static let copies = 4
     static let magic: [UInt8] = Array("KMBSUPER".utf8)
-    static let version: UInt32 = 1
+    /// 2 added the flags byte (formed, log started, recovering).
+    static let version: UInt32 = 2
     static let headerSize = 28
     static let maximumPayload = slotSize - headerSize - 4
 
@@ -171,7 +174,7 @@ public final class Superblock {
         writer.write(state.epoch)
         writer.writeBlob(state.members)
         writer.write(state.recoveryTarget)
-        writer.write(UInt8((state.formed ? 1 : 0) | (state.logStarted ? 2 : 0)))
+        writer.write(UInt8((state.formed ? 1 : 0) | (state.logStarted ? 2 : 0) | (state.recovering ? 4 : 0)))
         return writer.bytes
     }
 
@@ -225,9 +228,10 @@ public final class Superblock {
                 members: try body.readBlob(limit: 256))
             state.recoveryTarget = try body.read()
             let flags: UInt8 = try body.read()
-            guard flags & ~3 == 0 else { slot.problem = "unknown flags \(flags)"; return slot }
+            guard flags & ~7 == 0 else { slot.problem = "unknown flags \(flags)"; return slot }
             state.formed = flags & 1 != 0
             state.logStarted = flags & 2 != 0
+            state.recovering = flags & 4 != 0
             guard body.isAtEnd else { slot.problem = "trailing bytes in state"; return slot }
             slot.state = state
         } catch {

@@ -27,7 +27,7 @@ import Testing
     }
 
     func fresh(_ nonce: UInt64) -> Message {
-        .recoveryResponse(view: 0, nonce: nonce, op: 0, commit: 0, isPrimary: false, isFresh: true)
+        .recoveryResponse(view: 0, nonce: nonce, op: 0, commit: 0, isPrimary: false, isFresh: true, isNormal: false)
     }
 
     func recoveryNonce(_ actions: [ReplicaAction]) -> UInt64? {
@@ -55,7 +55,11 @@ import Testing
         let early = node.handle(.clientRequests([ClientRequest(id: 1, session: nil, payload: [1])], nowMs: 5))
         #expect(early == [.rejected(requestID: 1, .notPrimary(leader: nil))])
         #expect(node.op == 0)
+        #expect(node.leader == nil, "not a leader to clients before a quorum acknowledges it")
         _ = node.handle(.message(.commitAck(view: 0, sequence: 1, op: 0), from: 2))
+        #expect(node.leader == nil, "a quorum is not enough while member 3 may still be forming")
+        _ = node.handle(.message(.commitAck(view: 0, sequence: 1, op: 0), from: 3))
+        #expect(node.leader == 1)
         let later = node.handle(.clientRequests([ClientRequest(id: 2, session: nil, payload: [1])], nowMs: 6))
         #expect(later.contains(.accepted(requestID: 2, op: 1)))
     }
@@ -63,7 +67,7 @@ import Testing
     @Test func memberThatChangedViewsWhileEmptyLetsOthersFormIntoThatView() {
         var node = unformed(2)
         let nonce = recoveryNonce(node.handle(.tick))!
-        _ = node.handle(.message(.recoveryResponse(view: 4, nonce: nonce, op: 0, commit: 0, isPrimary: false, isFresh: true), from: 1))
+        _ = node.handle(.message(.recoveryResponse(view: 4, nonce: nonce, op: 0, commit: 0, isPrimary: false, isFresh: true, isNormal: false), from: 1))
         let actions = node.handle(.message(fresh(nonce), from: 3))
         #expect(actions.contains(.note(.formed)))
         #expect(node.status == .viewChange && node.view == 4)
@@ -75,10 +79,15 @@ import Testing
         let nonce = recoveryNonce(node.handle(.tick))!
         _ = node.handle(.message(fresh(nonce), from: 2))
         // Node 3 holds entries: the cluster formed (and node 1 may have been wiped).
-        let actions = node.handle(.message(.recoveryResponse(view: 0, nonce: nonce, op: 0, commit: 4, isPrimary: false, isFresh: false), from: 3))
+        let actions = node.handle(.message(.recoveryResponse(view: 0, nonce: nonce, op: 0, commit: 4, isPrimary: false, isFresh: false, isNormal: true), from: 3))
         #expect(!actions.contains(.note(.formed)))
         #expect(node.status == .recovering && !node.formationPending)
         #expect(node.leader == nil)
+        // §4.3 needs a quorum of answers from replicas in normal status: the
+        // answer of a replica waiting for formation (maybe wiped) does not count.
+        let primaryAnswer = node.handle(.message(.recoveryResponse(view: 5, nonce: nonce, op: 7, commit: 7, isPrimary: true,
+                                                                   isFresh: false, isNormal: true), from: 3))
+        #expect(!primaryAnswer.contains { if case .send(.requestEntries, _) = $0 { return true } else { return false } })
         // It no longer tells others it may form with them.
         let asked = node.handle(.message(.recovery(nonce: 77), from: 2))
         #expect(!asked.contains { if case .send(.recoveryResponse, _) = $0 { return true } else { return false } })
@@ -91,7 +100,7 @@ import Testing
         var primary = replica(1)
         _ = primary.handle(.clientRequests([ClientRequest(id: 1, session: nil, payload: [1])], nowMs: 5))
         let after = primary.handle(.message(.recovery(nonce: 6), from: 3))
-        #expect(after.contains(.send(.recoveryResponse(view: 0, nonce: 6, op: 1, commit: 0, isPrimary: true, isFresh: false), to: 3)))
+        #expect(after.contains(.send(.recoveryResponse(view: 0, nonce: 6, op: 1, commit: 0, isPrimary: true, isFresh: false, isNormal: true), to: 3)))
     }
 
     @Test func singleNodeCommitsOnItsOwnFsync() {

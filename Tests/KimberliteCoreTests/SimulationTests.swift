@@ -13,25 +13,32 @@ import Testing
     }()
 
     @Test(arguments: ranges)
-    func seedRange(_ seeds: ClosedRange<UInt64>) throws {
-        var totals = Simulator.Statistics()
-        for seed in seeds {
-            let options = Self.options(for: seed)
-            if ProcessInfo.processInfo.environment["KMB_SIM_PRINT"] != nil { print("seed \(seed)") }
-            var simulator = Simulator(seed: seed, options: options)
-            let statistics: Simulator.Statistics
-            do {
-                statistics = try simulator.run()
-            } catch {
-                Issue.record("\(error)")
-                return
+    func seedRange(_ seeds: ClosedRange<UInt64>) async throws {
+        // On a thread of its own: a CPU-bound loop on the shared cooperative
+        // pool would starve the integration tests' waits running beside it.
+        let (totals, failure) = await Self.offPool { () -> (Simulator.Statistics, String?) in
+            var totals = Simulator.Statistics()
+            for seed in seeds {
+                if ProcessInfo.processInfo.environment["KMB_SIM_PRINT"] != nil { print("seed \(seed)") }
+                var simulator = Simulator(seed: seed, options: Self.options(for: seed))
+                let statistics: Simulator.Statistics
+                do {
+                    statistics = try simulator.run()
+                } catch {
+                    return (totals, "\(error)")
+                }
+                totals.viewChanges += statistics.viewChanges
+                totals.crashes += statistics.crashes
+                totals.partitions += statistics.partitions
+                totals.logLosses += statistics.logLosses
+                totals.wipes += statistics.wipes
+                totals.acknowledged += statistics.acknowledged
             }
-            totals.viewChanges += statistics.viewChanges
-            totals.crashes += statistics.crashes
-            totals.partitions += statistics.partitions
-            totals.logLosses += statistics.logLosses
-            totals.wipes += statistics.wipes
-            totals.acknowledged += statistics.acknowledged
+            return (totals, nil)
+        }
+        if let failure {
+            Issue.record(Comment(rawValue: failure))
+            return
         }
         print("simulation seeds \(seeds): view changes \(totals.viewChanges), crashes \(totals.crashes), partitions \(totals.partitions), lost logs \(totals.logLosses), wiped data directories \(totals.wipes), acknowledged writes \(totals.acknowledged)")
         // A range that saw no faults tested nothing.
@@ -40,6 +47,15 @@ import Testing
         #expect(totals.logLosses > 0, "no replica lost its log in seeds \(seeds)")
         #expect(totals.wipes > 0, "no replica lost its whole data directory in seeds \(seeds)")
         #expect(totals.acknowledged > 0)
+    }
+
+    /// Runs `body` on a new thread (8 MiB stack) and returns its result.
+    static func offPool<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            let thread = Thread { continuation.resume(returning: body()) }
+            thread.stackSize = 8 << 20
+            thread.start()
+        }
     }
 
     /// Fault mix by seed, so a range covers calm and hostile networks:

@@ -30,7 +30,7 @@ struct Simulator {
         }
     }
 
-    struct Statistics {
+    struct Statistics: Sendable {
         var viewChanges = 0
         var crashes = 0
         var partitions = 0
@@ -229,12 +229,13 @@ struct Simulator {
         // restarts; one that never joined stays unformed instead.
         if node.replica.status == .recovering, node.formed { node.lostEntries = true }
         // Sometimes the journal itself is lost or corrupt (an operator's
-        // `rm -rf log/*`, a bad disk): only if no other replica is still
-        // recovering, since more than f such losses at once is beyond VSR.
-        let anotherRecovering = nodes.indices.contains { other in
-            other != index && (nodes[other].replica.status == .recovering || nodes[other].lostEntries)
-        }
-        if !anotherRecovering, chance(0.08) {
+        // `rm -rf log/*`, a bad disk): only while at most f replicas are
+        // faulty (down, or recovering what they lost), as VSR assumes.
+        let otherFaults = nodes.indices.filter { other in
+            other != index && (!nodes[other].up || nodes[other].replica.status == .recovering || nodes[other].lostEntries)
+        }.count
+        let mayLoseData = otherFaults + 1 <= faultTolerance
+        if mayLoseData, chance(0.08) {
             // The whole data directory is gone (a lost volume): the replica
             // comes back as a brand-new one and must not pass for one.
             node.disk.removeAll()
@@ -245,7 +246,7 @@ struct Simulator {
             node.formed = false
             statistics.wipes += 1
             log("n\(index + 1) loses its whole data directory")
-        } else if !anotherRecovering, chance(0.15) {
+        } else if mayLoseData, chance(0.15) {
             node.disk.removeSubrange(Int.random(in: 0...node.disk.count, using: &rng)...)
             node.synced = node.disk.count
             node.lostEntries = true

@@ -91,14 +91,20 @@ public final class KimberliteNode: @unchecked Sendable {
                                    isFresh: members.count > 1 && !superblockState.formed)
         var durable = durableBase
         let journalEmptied = log.isEmpty && superblockState.logStarted
-        if OpNumber(log.count) < durable.commitHint || journalLostEntries || journalEmptied || superblockState.recoveryTarget > 0 {
-            durable.lostEntries = journalLostEntries || journalEmptied || superblockState.recoveryTarget > 0
-            // The log lost committed entries (deleted or corrupt). The
-            // replica starts recovering: it neither votes nor leads until a
-            // primary has sent it the log through the committed op again.
+        if !log.isEmpty && !superblockState.logStarted {
+            // Entries made durable just before a crash, ahead of the flag.
+            superblockState.logStarted = true
+            try superblock.write(superblockState)
+        }
+        if OpNumber(log.count) < durable.commitHint || journalLostEntries || journalEmptied || superblockState.recovering {
+            // The log lost entries it may have acknowledged (deleted or
+            // corrupt). The replica starts recovering: it neither votes nor
+            // leads until a primary has sent it its log again.
+            durable.lostEntries = true
             logger.warning("Recovering: the journal holds fewer ops than were committed; fetching them from the leader before taking part again",
                            metadata: ["journal_op": "\(log.count)", "committed_op": "\(durable.commitHint)"])
-            durable.recoveryTarget = max(durable.commitHint, superblockState.recoveryTarget, OpNumber(log.count), 1)
+            durable.recoveryTarget = max(durable.commitHint, superblockState.recoveryTarget, OpNumber(log.count))
+            superblockState.recovering = true
             superblockState.recoveryTarget = durable.recoveryTarget
             try superblock.write(superblockState)
         }

@@ -134,6 +134,11 @@ final class ReplicaDriver: @unchecked Sendable {
                 writeSuperblock()
             case .truncateLog(let after):
                 do { try journal.truncate(after: after) } catch { fatal("journal truncate failed: \(error)") }
+                if after == 0, superblockState.logStarted {
+                    // Emptied by the protocol, not lost: restart as a member with an empty log.
+                    superblockState.logStarted = false
+                    writeSuperblock()
+                }
             case .append(let entries):
                 do {
                     try journal.append(entries)
@@ -163,11 +168,11 @@ final class ReplicaDriver: @unchecked Sendable {
         }
     }
 
-    /// fsync (a no-op when nothing is pending or under "async").
     private func writeSuperblock() {
         do { try superblock.write(superblockState) } catch { fatal("superblock write failed: \(error)") }
     }
 
+    /// fsync (a no-op when nothing is pending or under "async").
     private func syncJournal() {
         do { try journal.sync() } catch { fatal("journal sync failed: \(error)") }
     }
@@ -192,7 +197,7 @@ final class ReplicaDriver: @unchecked Sendable {
 
     private func publish() {
         let snapshot = ReplicaSnapshot(view: replica.view, status: replica.status, op: replica.op,
-                                       commit: replica.commitNumber, isPrimary: replica.isPrimary && replica.status == .normal,
+                                       commit: replica.commitNumber, isPrimary: replica.isPrimary && replica.leader != nil,
                                        leader: replica.leader, recovering: replica.status == .recovering)
         published.withLockedValue { $0 = snapshot }
         if lastLeader == nil || lastLeader! != snapshot.leader {
@@ -231,6 +236,7 @@ final class ReplicaDriver: @unchecked Sendable {
             logger.trace("ignored message from an older view", metadata: ["message": "\(name)", "message_view": "\(view)", "peer": "\(from)"])
         case .recovered(let view, let op):
             syncJournal()
+            superblockState.recovering = false
             superblockState.recoveryTarget = 0
             superblockState.formed = true
             superblockState.commitNumber = max(superblockState.commitNumber, replica.commitNumber)
@@ -239,7 +245,7 @@ final class ReplicaDriver: @unchecked Sendable {
         case .formed:
             superblockState.formed = true
             writeSuperblock()
-            logger.notice("cluster formed: every member started with an empty data directory; view 0 begins",
+            logger.notice("cluster formed: every other member reported an empty log; joining with an empty log",
                           metadata: ["members": "\(replica.configuration.members.count)"])
         case .awaitingFormation(let fresh, let needed):
             logger.debug("waiting for cluster formation", metadata: ["empty_members": "\(fresh)", "needed": "\(needed)"])
@@ -259,6 +265,8 @@ final class ReplicaDriver: @unchecked Sendable {
 /// Applies committed entries to the projection, in op order, on its own
 /// thread, and answers the waiting requests.
 final class ApplyEngine: @unchecked Sendable {
+    /// Committed entries applied per SQLite transaction, at most.
+    static let entriesPerTransaction = 256
     private let queue = BatchQueue<LogEntry>()
     private let projection: Projection
     private let registry: RequestRegistry
@@ -292,13 +300,19 @@ final class ApplyEngine: @unchecked Sendable {
 
     private func run() {
         while let batch = queue.next(drainOnStop: true) {
-            for entry in batch where entry.op > projection.appliedOp {
+            let pending = batch.drop(while: { $0.op <= projection.appliedOp })
+            // One SQLite transaction per chunk; chunks bound how long readers
+            // wait to see the first entry of a large batch.
+            var start = pending.startIndex
+            while start < pending.endIndex {
+                let chunk = Array(pending[start..<min(start + Self.entriesPerTransaction, pending.endIndex)])
+                start += chunk.count
                 do {
-                    let outcome = try projection.apply(entry)
-                    registry.applied(entry, outcome: outcome)
+                    let outcomes = try projection.apply(chunk)
+                    for (entry, outcome) in zip(chunk, outcomes) { registry.applied(entry, outcome: outcome) }
                 } catch {
                     logger.critical("projection apply failed; stopping so the node restarts and re-applies from the log",
-                                    metadata: ["op": "\(entry.op)", "error": "\(error)"])
+                                    metadata: ["op": "\(chunk[0].op)", "error": "\(error)"])
                     exit(1)
                 }
             }

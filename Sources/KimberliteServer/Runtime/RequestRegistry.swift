@@ -2,6 +2,7 @@ import Dispatch
 import KimberliteCore
 import KimberliteProjection
 import NIOConcurrencyHelpers
+import NIOCore
 
 /// Where a client write ended, as the HTTP layer needs to answer it.
 enum WriteResult: Sendable {
@@ -26,7 +27,19 @@ enum ReadResult: Sendable {
 
 /// Waiting HTTP requests, keyed by the runtime's request id, then by the op
 /// they became. Thread-safe; every waiter is resumed exactly once.
+///
+/// Timeouts: one sweep every `sweepInterval` (50 ms) answers the waiters
+/// whose deadline passed, oldest first, instead of one timer per request
+/// (thousands of live timers under load, each waking a thread).
 final class RequestRegistry: @unchecked Sendable {
+    private static let sweepInterval = DispatchTimeInterval.milliseconds(50)
+
+    private struct Deadline {
+        var at: DispatchTime
+        var id: UInt64
+        var isRead: Bool
+    }
+
     private struct State {
         var nextID: UInt64 = 1
         var writes: [UInt64: CheckedContinuation<WriteResult, Never>] = [:]
@@ -35,9 +48,41 @@ final class RequestRegistry: @unchecked Sendable {
         var reads: [UInt64: CheckedContinuation<ReadResult, Never>] = [:]
         var readsAwaitingApply: [(id: UInt64, atOp: OpNumber)] = []
         var appliedOp: OpNumber = 0
+        /// In registration order; with one timeout for all requests that is
+        /// also deadline order, and a longer one only waits behind a shorter.
+        var deadlines = CircularBuffer<Deadline>()
     }
 
     private let state = NIOLockedValueBox(State())
+    private let sweeper: DispatchSourceTimer
+
+    init() {
+        sweeper = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "kimberlite.request-timeouts"))
+        sweeper.schedule(deadline: .now() + Self.sweepInterval, repeating: Self.sweepInterval, leeway: .milliseconds(10))
+        sweeper.setEventHandler { [weak self] in self?.sweep() }
+        sweeper.resume()
+    }
+
+    deinit { sweeper.cancel() }
+
+    /// Answers every waiter whose deadline has passed with a timeout.
+    private func sweep() {
+        let now = DispatchTime.now()
+        let expired = state.withLockedValue { state -> [Deadline] in
+            var expired: [Deadline] = []
+            while let first = state.deadlines.first, first.at <= now {
+                expired.append(state.deadlines.removeFirst())
+            }
+            return expired
+        }
+        for deadline in expired {
+            if deadline.isRead {
+                resumeRead(deadline.id, .timedOut)
+            } else {
+                resumeWrite(deadline.id) { op in .timedOut(op: op) }
+            }
+        }
+    }
 
     func makeID() -> UInt64 {
         state.withLockedValue { state in
@@ -52,22 +97,24 @@ final class RequestRegistry: @unchecked Sendable {
     /// the replica), and waits for its result or `timeout`.
     func write(id: UInt64, timeout: Duration, submit: () -> Void) async -> WriteResult {
         await withCheckedContinuation { continuation in
-            state.withLockedValue { $0.writes[id] = continuation }
-            submit()
-            DispatchQueue.global().asyncAfter(deadline: .now() + timeout.timeInterval) { [self] in
-                resumeWrite(id) { op in .timedOut(op: op) }
+            let deadline = Deadline(at: .now() + timeout.timeInterval, id: id, isRead: false)
+            state.withLockedValue { state in
+                state.writes[id] = continuation
+                state.deadlines.append(deadline)
             }
+            submit()
         }
     }
 
     /// Registers a strong-read waiter; same pattern as `write`.
     func read(id: UInt64, timeout: Duration, submit: () -> Void) async -> ReadResult {
         await withCheckedContinuation { continuation in
-            state.withLockedValue { $0.reads[id] = continuation }
-            submit()
-            DispatchQueue.global().asyncAfter(deadline: .now() + timeout.timeInterval) { [self] in
-                resumeRead(id, .timedOut)
+            let deadline = Deadline(at: .now() + timeout.timeInterval, id: id, isRead: true)
+            state.withLockedValue { state in
+                state.reads[id] = continuation
+                state.deadlines.append(deadline)
             }
+            submit()
         }
     }
 
@@ -152,6 +199,7 @@ final class RequestRegistry: @unchecked Sendable {
             let reads = Array(state.reads.values)
             state.writes.removeAll(); state.writeOps.removeAll(); state.byOp.removeAll()
             state.reads.removeAll(); state.readsAwaitingApply.removeAll()
+            state.deadlines.removeAll()
             return (writes, reads)
         }
         for (continuation, op) in writes { continuation.resume(returning: .timedOut(op: op)) }

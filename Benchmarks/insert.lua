@@ -1,6 +1,6 @@
 -- wrk script: unique single-row inserts into Kimberlite (POST /v1/execute).
 -- Keys are "<run>-<thread>-<counter>": the run id comes from the command
--- line (wrk ... -s insert.lua URL -- RUN) so runs against the same table
+-- line (wrk ... -s insert.lua URL -- RUN [PAUSE_MS]) so runs against the same table
 -- never collide, and each wrk thread gets its own id in setup.
 local counter = 0
 local threads = {}
@@ -11,8 +11,17 @@ function setup(thread)
   thread:set("thread_id", #threads)
 end
 
+local pause_ms = 0
+
 function init(args)
   run = args[1] or "0"
+  pause_ms = tonumber(args[2] or "0")
+end
+
+-- Optional pacing (second argument, ms between a reply and the next
+-- request on a connection): a fixed, moderate write rate for latency.
+function delay()
+  return pause_ms
 end
 
 request = function()

@@ -93,13 +93,13 @@ for c in 1 16 64; do
 done
 wait "$rss_pid"  # only the sampler: the servers are children too
 
-# Latency at a moderate fixed rate: 8 connections, each pausing 6 ms after
+# Latency at a moderate fixed rate: 8 connections, each pausing 5 ms after
 # every reply (about 1,000 writes/s; the measured rate is printed).
-paced=$(wrk -t 2 -c 8 -d "${seconds}s" --latency -s "$ROOT/Benchmarks/insert.lua" "http://127.0.0.1:$LEADER" -- paced 6 2>/dev/null | awk '
+paced=$(wrk -t 2 -c 8 -d "${seconds}s" --latency -s "$ROOT/Benchmarks/insert.lua" "http://127.0.0.1:$LEADER" -- paced 5 2>/dev/null | awk '
     /Requests\/sec/ {rps=$2} /Non-2xx/ {errors=$5} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
     END {printf "%s w/s, p50 %s, p99 %s%s", rps, p50, p99, (errors > 0 ? ", " errors " errors" : "")}')
 echo
-echo "kimberlite paced (8 connections, 6 ms pause): $paced (target: p99 <= 10 ms at 1,000 w/s)"
+echo "kimberlite paced (8 connections, 5 ms pause): $paced (target: p99 <= 10 ms at 1,000 w/s)"
 rows=$(curl -fsS -XPOST "127.0.0.1:$LEADER/v1/query" -d '{"sql":"SELECT count(*) FROM bench"}' | jq '.rows[0][0]')
 echo
 echo "kimberlite RSS per node: idle $idle_rss; under 64-client load $(cat "$WORK/load-rss" 2>/dev/null || echo '?')"

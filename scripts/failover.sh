@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Failover time with the default consensus timeouts: starts a three-node
+# cluster on loopback (release build, ports 37000+), then N times kills the
+# leader with SIGKILL and measures until a write through a surviving node
+# succeeds; the killed node is restarted and caught up before the next trial.
+#
+#   scripts/failover.sh [--trials 5] [--debug]
+source "$(dirname "$0")/common.sh"
+trials=5
+configuration=release
+while (($#)); do
+    case "$1" in
+        --trials) trials=$2; shift ;;
+        --debug) configuration=debug ;;
+        *) die "unknown option $1" ;;
+    esac
+    shift
+done
+install_dependencies
+cd "$ROOT"
+swift build -c "$configuration" --product kimberlite-server >/dev/null
+BIN="$ROOT/.build/$configuration/kimberlite-server"
+WORK=$(mktemp -d /tmp/kmb-failover.XXXXXX)
+declare -A pids
+cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+PEERS="1=127.0.0.1:37001,2=127.0.0.1:37101,3=127.0.0.1:37201"
+client_port() { echo $(( 37000 + ($1 - 1) * 100 )); }
+start_node() {
+    local n=$1 o=$(( ($1 - 1) * 100 ))
+    KMB_CLUSTER_PEERS=$PEERS KMB_BIND_ADDRESS=127.0.0.1:$((37000 + o)) KMB_CLUSTER_ADDRESS=127.0.0.1:$((37001 + o)) \
+    KMB_METRICS_ADDRESS=127.0.0.1:$((39090 + n)) KMB_DATA_DIR=$WORK/node$n KMB_LOG_LEVEL=info \
+        "$BIN" --node-id "$n" >>"$WORK/node$n.log" 2>&1 &
+    pids[$n]=$!
+    disown $!
+}
+leader_of() { # a running node's view of the leader id
+    local id; id=$(curl -fsS -m 1 "127.0.0.1:$((39090 + $1))/status" | jq -r .leader_id) || return 1
+    [[ "$id" =~ ^[1-9][0-9]*$ ]] && echo "$id"
+}
+write_via() { # node, n
+    curl -fsS -m 2 -XPOST "127.0.0.1:$(client_port "$1")/v1/execute" \
+        -d "{\"statements\":[{\"sql\":\"INSERT INTO failover(trial) VALUES ($2)\"}]}" >/dev/null
+}
+for n in 1 2 3; do start_node "$n"; done
+create() { curl -fsS -m 2 -XPOST "127.0.0.1:$(client_port 1)/v1/execute" \
+    -d '{"statements":[{"sql":"CREATE TABLE IF NOT EXISTS failover(id INTEGER PRIMARY KEY, trial INTEGER)"}]}'; }
+wait_for "the cluster to form and take a write" 60 create
+
+results=()
+for trial in $(seq 1 "$trials"); do
+    wait_for "a leader" 30 leader_of 1
+    leader=$(leader_of 1)
+    survivor=$(( leader % 3 + 1 ))
+    kill -9 "${pids[$leader]}"
+    killed_at=$(date +%s%N)
+    deadline=$(( $(date +%s) + 30 ))
+    until write_via "$survivor" "$trial" 2>/dev/null; do
+        (( $(date +%s) < deadline )) || die "no write succeeded within 30 s of killing node $leader"
+        sleep 0.01
+    done
+    ms=$(( ($(date +%s%N) - killed_at) / 1000000 ))
+    results+=("$ms")
+    log "trial $trial: killed leader $leader; next write through node $survivor succeeded after $ms ms"
+    start_node "$leader"
+    caught_up() {
+        local a b
+        a=$(curl -fsS -m 1 "127.0.0.1:$((39090 + leader))/status" | jq -e 'select(.status == "normal") | .commit_number') || return 1
+        b=$(curl -fsS -m 1 "127.0.0.1:$((39090 + survivor))/status" | jq .commit_number) || return 1
+        [ "$a" -ge "$b" ]
+    }
+    wait_for "node $leader to rejoin" 60 caught_up
+done
+sorted=$(printf '%s\n' "${results[@]}" | sort -n | tr '\n' ' ')
+median=$(printf '%s\n' "${results[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+echo "failover (kill -9 of the leader until the next successful write), $trials trials, ms: $sorted(median $median; build: $configuration, default timeouts)"

@@ -209,14 +209,13 @@ public struct Replica: Sendable {
     /// A fresh replica with nothing on disk, not yet told that the cluster
     /// formed without it: it may still start view 0 with the others.
     public private(set) var formationPending = false
-    /// False for a primary that formed the cluster until every other member
+    /// Set for a primary that formed the cluster, until every other member
     /// has acknowledged it (or a quorum has, and the rest had
     /// `formationGraceTicks` to form): until then it prepares nothing, so
     /// members still waiting for formation keep seeing an empty log and form
     /// too, instead of falling back to a recovery that needs this primary.
-    private var viewConfirmed = true
-    private var confirmingBackups: Set<NodeID> = []
-    private var formedAt: UInt64 = 0
+    private var unconfirmedFormation: (since: UInt64, acknowledgedBy: Set<NodeID>)? = nil
+    private var viewConfirmed: Bool { unconfirmedFormation == nil }
     private var formationGraceTicks: UInt64 { UInt64(configuration.electionTimeoutMaxTicks) * 4 }
     private var recoveryLeader: NodeID? = nil
     private var recoveryStartedAt: UInt64 = 0
@@ -554,14 +553,7 @@ public struct Replica: Sendable {
         }
         switch message {
         case .recovery(let nonce):
-            // §4.3: a replica in normal status answers. One with an empty
-            // log answers in any status: a replica waiting for cluster
-            // formation needs every member's word that it holds nothing.
-            let answersAsPrimary = status == .normal && isPrimary
-            if status == .normal || holdsNothing {
-                send(.recoveryResponse(view: view, nonce: nonce, op: answersAsPrimary ? op : 0, commit: commitNumber,
-                                       isPrimary: answersAsPrimary, isFresh: holdsNothing, isNormal: status == .normal), to: from)
-            }
+            answerRecovery(nonce: nonce, to: from)
             return
         case .recoveryResponse:
             return
@@ -629,11 +621,7 @@ public struct Replica: Sendable {
     private mutating func onMessageWhileRecovering(_ message: Message, from: NodeID) {
         switch message {
         case .recovery(let nonce):
-            // Replicas waiting for formation tell each other they hold nothing.
-            if formationPending, holdsNothing {
-                send(.recoveryResponse(view: 0, nonce: nonce, op: 0, commit: 0, isPrimary: false, isFresh: true, isNormal: false),
-                     to: from)
-            }
+            answerRecovery(nonce: nonce, to: from)
         case .recoveryResponse(let v, let nonce, let primaryOp, _, let isPrimary, let isFresh, let isNormal):
             guard nonce == recoveryNonce, recoveryLeader == nil else { return }
             recoveryResponses[from] = (v, primaryOp, isPrimary, isFresh, isNormal)
@@ -689,6 +677,18 @@ public struct Replica: Sendable {
     /// could have relied on.
     private var holdsNothing: Bool { op == 0 }
 
+    /// §4.3: a replica in normal status answers `recovery`. One with an
+    /// empty log answers in any status (a replica waiting for formation
+    /// needs every member's word that it holds nothing), except one that is
+    /// itself recovering what it lost.
+    private mutating func answerRecovery(nonce: UInt64, to requester: NodeID) {
+        let isNormal = status == .normal
+        guard isNormal || (holdsNothing && (status != .recovering || formationPending)) else { return }
+        let answersAsPrimary = isNormal && isPrimary
+        send(.recoveryResponse(view: view, nonce: nonce, op: answersAsPrimary ? op : 0, commit: commitNumber,
+                               isPrimary: answersAsPrimary, isFresh: holdsNothing, isNormal: isNormal), to: requester)
+    }
+
     /// Cluster formation: every other member answered this round that its
     /// log is empty. A committed op has f + 1 holders and at most f replicas
     /// are faulty (a wiped one answers "fresh" too), so if any op had been
@@ -701,9 +701,6 @@ public struct Replica: Sendable {
     private mutating func formCluster(view latest: ViewNumber) {
         precondition(holdsNothing && formationPending, "only an empty replica forms a cluster")
         formationPending = false
-        logView = 0
-        verifiedOp = 0
-        recoveryTarget = 0
         recoveryResponses.removeAll()
         resetElectionTimer()
         emit(.note(.formed))
@@ -714,9 +711,7 @@ public struct Replica: Sendable {
         status = .normal
         if isPrimary {
             becomePrimaryState()
-            viewConfirmed = false
-            confirmingBackups.removeAll()
-            formedAt = now
+            unconfirmedFormation = (since: now, acknowledgedBy: [])
             emit(.note(.becamePrimary(view: view, op: op, commit: commitNumber)))
         } else {
             emit(.note(.becameBackup(view: view, primary: primary(of: view))))
@@ -883,10 +878,12 @@ public struct Replica: Sendable {
 
     private mutating func recordAck(from node: NodeID, op ackOp: OpNumber) {
         lastAckTick[node] = now
-        if !viewConfirmed {
-            confirmingBackups.insert(node)
-            viewConfirmed = confirmingBackups.count == others.count
-                || (confirmingBackups.count + 1 >= configuration.quorum && now - formedAt >= formationGraceTicks)
+        if var formation = unconfirmedFormation {
+            formation.acknowledgedBy.insert(node)
+            let acknowledged = formation.acknowledgedBy.count
+            let confirmed = acknowledged == others.count
+                || (acknowledged + 1 >= configuration.quorum && now - formation.since >= formationGraceTicks)
+            unconfirmedFormation = confirmed ? nil : formation
         }
         if ackOp > ackedOp[node] ?? 0 { ackedOp[node] = min(ackOp, op) }
         advancePrimaryCommit()
@@ -1060,7 +1057,7 @@ public struct Replica: Sendable {
     }
 
     private mutating func becomePrimaryState() {
-        viewConfirmed = true
+        unconfirmedFormation = nil
         ackedOp.removeAll()
         ackedSequence.removeAll()
         lastAckTick = Dictionary(uniqueKeysWithValues: others.map { ($0, now) })

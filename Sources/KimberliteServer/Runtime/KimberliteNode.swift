@@ -68,7 +68,6 @@ public final class KimberliteNode: @unchecked Sendable {
         } else {
             // A one-node cluster forms on its own; larger ones at formation.
             superblockState.formed = members.count == 1
-            try superblock.write(superblockState)
         }
 
         journal = try dataDirectory.openJournal(segmentSize: config.storage.segmentSize,
@@ -86,16 +85,12 @@ public final class KimberliteNode: @unchecked Sendable {
         let appliedOp = projection.appliedOp
         registry.setApplied(appliedOp)
 
-        let durableBase = DurableState(view: superblockState.view, logView: superblockState.logView, log: log,
+        var durable = DurableState(view: superblockState.view, logView: superblockState.logView, log: log,
                                    commitHint: max(superblockState.commitNumber, appliedOp),
                                    isFresh: members.count > 1 && !superblockState.formed)
-        var durable = durableBase
         let journalEmptied = log.isEmpty && superblockState.logStarted
-        if !log.isEmpty && !superblockState.logStarted {
-            // Entries made durable just before a crash, ahead of the flag.
-            superblockState.logStarted = true
-            try superblock.write(superblockState)
-        }
+        // Entries made durable just before a crash, ahead of the flag.
+        if !log.isEmpty { superblockState.logStarted = true }
         if OpNumber(log.count) < durable.commitHint || journalLostEntries || journalEmptied || superblockState.recovering {
             // The log lost entries it may have acknowledged (deleted or
             // corrupt). The replica starts recovering: it neither votes nor
@@ -106,8 +101,9 @@ public final class KimberliteNode: @unchecked Sendable {
             durable.recoveryTarget = max(durable.commitHint, superblockState.recoveryTarget, OpNumber(log.count))
             superblockState.recovering = true
             superblockState.recoveryTarget = durable.recoveryTarget
-            try superblock.write(superblockState)
         }
+        // One write for everything start-up decided, before the replica acts on it.
+        if superblockState != stored { try superblock.write(superblockState) }
         if durable.isFresh {
             logger.notice("this data directory has not joined the cluster yet: it starts the cluster when every other member reports an empty data directory too, or recovers from the leader",
                           metadata: ["journal_op": "\(log.count)", "members": "\(members.count)"])

@@ -248,7 +248,8 @@ final class ReplicaDriver: @unchecked Sendable {
             logger.notice("cluster formed: every other member reported an empty log; joining with an empty log",
                           metadata: ["members": "\(replica.configuration.members.count)"])
         case .awaitingFormation(let fresh, let needed):
-            logger.debug("waiting for cluster formation", metadata: ["empty_members": "\(fresh)", "needed": "\(needed)"])
+            logger.info("waiting for cluster formation: not every other member has reported an empty log yet",
+                        metadata: ["empty_members": "\(fresh)", "needed": "\(needed)"])
         case .badEntry(let op, let from):
             metrics.checksumFailures.increment()
             logger.error("Checksum mismatch in entry received from peer; discarded (corrupt in transit or at the sender)",
@@ -303,10 +304,8 @@ final class ApplyEngine: @unchecked Sendable {
             let pending = batch.drop(while: { $0.op <= projection.appliedOp })
             // One SQLite transaction per chunk; chunks bound how long readers
             // wait to see the first entry of a large batch.
-            var start = pending.startIndex
-            while start < pending.endIndex {
+            for start in stride(from: pending.startIndex, to: pending.endIndex, by: Self.entriesPerTransaction) {
                 let chunk = Array(pending[start..<min(start + Self.entriesPerTransaction, pending.endIndex)])
-                start += chunk.count
                 do {
                     let outcomes = try projection.apply(chunk)
                     for (entry, outcome) in zip(chunk, outcomes) { registry.applied(entry, outcome: outcome) }

@@ -135,10 +135,7 @@ import Testing
         let leader = try await cluster.waitForLeader()
         let follower = [1, 2, 3].first { $0 != leader }!
         _ = try await cluster.executeWithRetry([Self.createTable], clientID: "setup", requestNumber: 1)
-        for n in 1...40 {
-            let reply = try await cluster.executeWithRetry([("INSERT INTO items(name) VALUES (?)", ["row-\(n)"])], clientID: "w", requestNumber: n)
-            #expect(reply.status == 200, "\(reply.text)")
-        }
+        try await cluster.insertItems((1...40).map { "row-\($0)" }, clientID: "w")
         try await cluster.waitUntil("follower \(follower) applied all 40 rows") { try await cluster.count("items", on: follower) == 40 }
         let stopped = try await cluster.stop(follower)
         #expect(stopped.exited && stopped.status == 0, "\(stopped)")

@@ -114,6 +114,16 @@ extension Cluster {
         return HTTPReply(status: Int(response.status.code), body: object, text: String(buffer: bytes))
     }
 
+    /// Inserts one `items` row per name, request numbers 1, 2, … of session
+    /// `clientID`, each retried until a node answers; expects 200 for each.
+    func insertItems(_ names: [String], clientID: String, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        for (index, name) in names.enumerated() {
+            let reply = try await executeWithRetry([("INSERT INTO items(name) VALUES (?)", [name])], clientID: clientID,
+                                                   requestNumber: index + 1)
+            #expect(reply.status == 200, "\(reply.text)", sourceLocation: sourceLocation)
+        }
+    }
+
     /// `(op_number, commit_number)` from node `id`'s `/status`, or nil if it does not answer.
     func opAndCommit(_ id: Int) async -> (op: Int, commit: Int)? {
         guard let status = await status(id), let op = status["op_number"] as? Int,

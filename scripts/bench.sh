@@ -20,29 +20,20 @@ done
 install_dependencies wrk etcd-server etcd-client
 cd "$ROOT"
 swift build -c "$configuration" --product kimberlite-server >/dev/null
-BIN="$ROOT/.build/$configuration"
 WORK=$(mktemp -d /tmp/kmb-bench.XXXXXX)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 # --- Kimberlite -------------------------------------------------------------
-PEERS="1=127.0.0.1:27001,2=127.0.0.1:27101,3=127.0.0.1:27201"
+LOOPBACK_BIN="$ROOT/.build/$configuration/kimberlite-server" LOOPBACK_WORK=$WORK LOOPBACK_BASE=27000 LOOPBACK_METRICS_BASE=29090
 for n in 1 2 3; do
-    o=$(( (n - 1) * 100 ))
-    KMB_CLUSTER_PEERS=$PEERS KMB_BIND_ADDRESS=127.0.0.1:$((27000 + o)) KMB_CLUSTER_ADDRESS=127.0.0.1:$((27001 + o)) \
-    KMB_METRICS_ADDRESS=127.0.0.1:$((29090 + n)) KMB_DATA_DIR=$WORK/kmb$n KMB_SYNC_MODE=fsync KMB_LOG_LEVEL=warn \
-        "$BIN/kimberlite-server" --node-id $n >"$WORK/kmb$n.log" 2>&1 &
-    pids+=($!); disown $!
-    kmb_pids[$n]=${pids[-1]}
+    loopback_node_start "$n" KMB_SYNC_MODE=fsync KMB_LOG_LEVEL=warn
+    pids+=("$LOOPBACK_PID")
+    kmb_pids[$n]=$LOOPBACK_PID
 done
-leader_port() {
-    local id; id=$(curl -fsS -m 2 127.0.0.1:29091/status | jq -r .leader_id) || return 1
-    [[ "$id" =~ ^[1-9][0-9]*$ ]] || return 1
-    echo $(( 27000 + (id - 1) * 100 ))
-}
-wait_for "a Kimberlite leader" 60 leader_port
-LEADER=$(leader_port)
+wait_for "a Kimberlite leader" 60 loopback_leader
+LEADER=$(loopback_client_port "$(loopback_leader)")
 create_table() {
     curl -fsS -XPOST "127.0.0.1:$LEADER/v1/execute" \
         -d '{"statements":[{"sql":"CREATE TABLE IF NOT EXISTS bench(id INTEGER PRIMARY KEY, k TEXT UNIQUE, v TEXT)"}]}' >/dev/null

@@ -19,39 +19,32 @@ done
 install_dependencies
 cd "$ROOT"
 swift build -c "$configuration" --product kimberlite-server >/dev/null
-BIN="$ROOT/.build/$configuration/kimberlite-server"
 WORK=$(mktemp -d /tmp/kmb-failover.XXXXXX)
 declare -A pids
 cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-PEERS="1=127.0.0.1:37001,2=127.0.0.1:37101,3=127.0.0.1:37201"
-client_port() { echo $(( 37000 + ($1 - 1) * 100 )); }
-start_node() {
-    local n=$1 o=$(( ($1 - 1) * 100 ))
-    KMB_CLUSTER_PEERS=$PEERS KMB_BIND_ADDRESS=127.0.0.1:$((37000 + o)) KMB_CLUSTER_ADDRESS=127.0.0.1:$((37001 + o)) \
-    KMB_METRICS_ADDRESS=127.0.0.1:$((39090 + n)) KMB_DATA_DIR=$WORK/node$n KMB_LOG_LEVEL=info \
-        "$BIN" --node-id "$n" >>"$WORK/node$n.log" 2>&1 &
-    pids[$n]=$!
-    disown $!
-}
-leader_of() { # a running node's view of the leader id
-    local id; id=$(curl -fsS -m 1 "127.0.0.1:$((39090 + $1))/status" | jq -r .leader_id) || return 1
-    [[ "$id" =~ ^[1-9][0-9]*$ ]] && echo "$id"
-}
+LOOPBACK_BIN="$ROOT/.build/$configuration/kimberlite-server" LOOPBACK_WORK=$WORK LOOPBACK_BASE=37000 LOOPBACK_METRICS_BASE=39090
+start_node() { loopback_node_start "$1" KMB_LOG_LEVEL=info; pids[$1]=$LOOPBACK_PID; }
 write_via() { # node, n
-    curl -fsS -m 2 -XPOST "127.0.0.1:$(client_port "$1")/v1/execute" \
+    curl -fsS -m 2 -XPOST "127.0.0.1:$(loopback_client_port "$1")/v1/execute" \
         -d "{\"statements\":[{\"sql\":\"INSERT INTO failover(trial) VALUES ($2)\"}]}" >/dev/null
 }
 for n in 1 2 3; do start_node "$n"; done
-create() { curl -fsS -m 2 -XPOST "127.0.0.1:$(client_port 1)/v1/execute" \
+create() { curl -fsS -m 2 -XPOST "127.0.0.1:$(loopback_client_port 1)/v1/execute" \
     -d '{"statements":[{"sql":"CREATE TABLE IF NOT EXISTS failover(id INTEGER PRIMARY KEY, trial INTEGER)"}]}'; }
 wait_for "the cluster to form and take a write" 60 create
 
+caught_up() { # node $1, back in normal status, has committed what node $2 has
+    local a b
+    a=$(curl -fsS -m 1 "127.0.0.1:$((LOOPBACK_METRICS_BASE + $1))/status" | jq -e 'select(.status == "normal") | .commit_number') || return 1
+    b=$(curl -fsS -m 1 "127.0.0.1:$((LOOPBACK_METRICS_BASE + $2))/status" | jq .commit_number) || return 1
+    [ "$a" -ge "$b" ]
+}
 results=()
 for trial in $(seq 1 "$trials"); do
-    wait_for "a leader" 30 leader_of 1
-    leader=$(leader_of 1)
+    wait_for "a leader" 30 loopback_leader 1
+    leader=$(loopback_leader 1)
     survivor=$(( leader % 3 + 1 ))
     kill -9 "${pids[$leader]}"
     killed_at=$(date +%s%N)
@@ -64,13 +57,7 @@ for trial in $(seq 1 "$trials"); do
     results+=("$ms")
     log "trial $trial: killed leader $leader; next write through node $survivor succeeded after $ms ms"
     start_node "$leader"
-    caught_up() {
-        local a b
-        a=$(curl -fsS -m 1 "127.0.0.1:$((39090 + leader))/status" | jq -e 'select(.status == "normal") | .commit_number') || return 1
-        b=$(curl -fsS -m 1 "127.0.0.1:$((39090 + survivor))/status" | jq .commit_number) || return 1
-        [ "$a" -ge "$b" ]
-    }
-    wait_for "node $leader to rejoin" 60 caught_up
+    wait_for "node $leader to rejoin" 60 caught_up "$leader" "$survivor"
 done
 sorted=$(printf '%s\n' "${results[@]}" | sort -n | tr '\n' ' ')
 median=$(printf '%s\n' "${results[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')

@@ -453,7 +453,7 @@ import Testing
         }
         #expect(foreign.isRunning, "the foreign node crashed on rejection")
         let foreignText = (try? String(contentsOfFile: foreignLog, encoding: .utf8)) ?? ""
-        #expect(foreignText.contains("\"itest\"") && foreignText.contains("\"other\""), "reason does not name both clusters: \(foreignText)")
+        #expect(foreignText.contains("\"\(cluster.clusterName)\"") && foreignText.contains("\"other\""), "reason does not name both clusters: \(foreignText)")
 
         // Nothing changed: no op logged or committed by the foreign contact, and writes still work.
         for id in 1...3 {

@@ -43,7 +43,7 @@ final class Cluster: @unchecked Sendable {
     /// Starts `count` nodes with a unique port range. Election timeouts are
     /// longer than the defaults so a loaded 2-core machine does not see
     /// spurious view changes.
-    static func start(nodes count: Int, syncMode: String = "fsync", clusterName: String = "itest",
+    static func start(nodes count: Int, syncMode: String = "fsync", clusterName: String? = nil,
                       environment: [String: String] = [:]) async throws -> Cluster {
         let cluster = try prepare(nodes: count, syncMode: syncMode, clusterName: clusterName, environment: environment)
         for index in cluster.nodes.indices { try cluster.launch(index) }
@@ -51,9 +51,11 @@ final class Cluster: @unchecked Sendable {
     }
 
     /// The same cluster with no process started yet; `restart(id)` starts one.
-    static func prepare(nodes count: Int, syncMode: String = "fsync", clusterName: String = "itest",
+    /// `clusterName` defaults to a name unique to this cluster, so a node that
+    /// ever reached another test's cluster would be refused, not merged.
+    static func prepare(nodes count: Int, syncMode: String = "fsync", clusterName: String? = nil,
                         environment: [String: String] = [:]) throws -> Cluster {
-        try Cluster(count: count, clusterName: clusterName, environment: environment.merging(["KMB_SYNC_MODE": syncMode]) { a, _ in a })
+        try Cluster(count: count, clusterName: clusterName ?? "itest-\(UUID().uuidString.prefix(8).lowercased())", environment: environment.merging(["KMB_SYNC_MODE": syncMode]) { a, _ in a })
     }
 
     private init(count: Int, clusterName: String, environment: [String: String]) throws {
@@ -70,13 +72,22 @@ final class Cluster: @unchecked Sendable {
     }
 
 
-    /// A port base from 20000–59000 whose ports are free now.
+    /// Port bases already handed to a cluster in this test process. Tests in
+    /// different suites run in parallel; without this two clusters could pick
+    /// the same base before either had bound it, and join each other.
+    nonisolated(unsafe) private static var reservedBases = Set<Int>()
+    private static let reservedBasesLock = NSLock()
+
+    /// A port base from 10000–32000 (below Linux's ephemeral range, 32768+,
+    /// so no outgoing connection holds one) whose 100 ports are free now and
+    /// that no other cluster in this process was given.
     private static func allocatePortBase() -> Int {
-        for _ in 0..<50 {
-            let base = Int.random(in: 200...590) * 100
-            if (base..<(base + 100)).allSatisfy(portIsFree) { return base }
-        }
-        return Int.random(in: 200...590) * 100
+        reservedBasesLock.lock()
+        defer { reservedBasesLock.unlock() }
+        let candidates = (100...320).map { $0 * 100 }.filter { !reservedBases.contains($0) }.shuffled()
+        let base = candidates.first { (($0)..<($0 + 100)).allSatisfy(portIsFree) } ?? candidates.first ?? 10000
+        reservedBases.insert(base)
+        return base
     }
 
     private static func portIsFree(_ port: Int) -> Bool {

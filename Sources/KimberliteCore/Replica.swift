@@ -18,6 +18,15 @@ public struct ReplicaConfiguration: Sendable {
     public var repairRetryTicks: Int
     /// Most payload bytes in one prepare or entries message (at least one entry goes).
     public var maxMessageBytes: Int = 8 << 20
+    /// Pipeline bound: most ops the primary holds prepared but uncommitted.
+    /// Client requests beyond it wait in the primary's request queue until
+    /// commits make room, so a slow or absent quorum bounds the memory of
+    /// the uncommitted log and the size of a do_view_change suffix instead
+    /// of letting them grow with the request rate.
+    public var maxUncommittedOps: Int = 1024
+    /// Pipeline bound in payload bytes of uncommitted ops (at least one op is
+    /// always let in, whatever its size).
+    public var maxUncommittedBytes: Int = 64 << 20
 
     public init(members: [NodeID], selfID: NodeID, heartbeatTicks: Int = 10,
                 electionTimeoutMinTicks: Int = 15, electionTimeoutMaxTicks: Int = 30,
@@ -240,6 +249,13 @@ public struct Replica: Sendable {
     private var viewStartOp: OpNumber = 0
     /// Sessions with a request in the uncommitted log: client → (number, op).
     private var inflightSessions: [String: (requestNumber: UInt64, op: OpNumber)] = [:]
+    /// Client requests waiting for room in the pipeline, in arrival order
+    /// (`maxUncommittedOps` / `maxUncommittedBytes`). Non-empty only while
+    /// this replica is a primary taking writes: losing that refuses them.
+    private var queuedRequests: [ClientRequest] = []
+    /// The runtime's clock at the latest client request, for the timestamps
+    /// of requests prepared later from the queue.
+    private var latestClientClockMs: Int64 = 0
 
     // View change state.
     private var startViewChangeFrom: Set<NodeID> = []
@@ -343,6 +359,11 @@ public struct Replica: Sendable {
         case .message(let message, let from):
             if configuration.members.contains(from), from != selfID { onMessage(message, from: from) }
         }
+        if !queuedRequests.isEmpty && !takesWrites {
+            // Never prepared: surely not accepted, so a retry is safe.
+            for request in queuedRequests { emit(.rejected(requestID: request.id, .notPrimary(leader: viewConfirmed ? leader : nil))) }
+            queuedRequests.removeAll()
+        }
         checkInvariants()
         return actions
     }
@@ -354,6 +375,7 @@ public struct Replica: Sendable {
         precondition(logView <= view, "log view <= view")
         precondition(!formationPending || (status == .recovering && holdsNothing && view == 0),
                      "only an empty, recovering replica in view 0 awaits formation")
+        precondition(queuedRequests.isEmpty || takesWrites, "only a primary taking writes queues requests")
     }
 
     private mutating func emit(_ action: ReplicaAction) { actions.append(action) }
@@ -457,15 +479,35 @@ public struct Replica: Sendable {
 
     // MARK: - Client requests (§4.1 steps 1–3)
 
+    /// A primary in normal status whose view is confirmed.
+    private var takesWrites: Bool { status == .normal && isPrimary && viewConfirmed }
+
     private mutating func onClientRequests(_ requests: [ClientRequest], nowMs: Int64) {
-        guard status == .normal, isPrimary, viewConfirmed else {
+        guard takesWrites else {
             for request in requests {
                 emit(.rejected(requestID: request.id, .notPrimary(leader: viewConfirmed ? leader : nil)))
             }
             return
         }
+        latestClientClockMs = max(latestClientClockMs, nowMs)
+        queuedRequests.append(contentsOf: requests)
+        prepareQueuedRequests()
+    }
+
+    /// Prepares queued requests while the pipeline has room (§4.1 steps 2–3):
+    /// appends them to the log and broadcasts prepares.
+    private mutating func prepareQueuedRequests() {
+        guard takesWrites, !queuedRequests.isEmpty else { return }
+        var uncommittedOps = Int(op - commitNumber)
+        var uncommittedBytes = 0
+        for entry in entries(from: commitNumber + 1, through: op) { uncommittedBytes += entry.payload.count }
         var newEntries: [LogEntry] = []
-        for request in requests {
+        var taken = 0
+        for request in queuedRequests {
+            let hasRoom = uncommittedOps == 0 || (uncommittedOps < configuration.maxUncommittedOps
+                && uncommittedBytes + request.payload.count <= configuration.maxUncommittedBytes)
+            guard hasRoom else { break }
+            taken += 1
             if let session = request.session, let inflight = inflightSessions[session.clientID], inflight.op > commitNumber {
                 if session.requestNumber == inflight.requestNumber {
                     // A retry of a request already prepared: never prepare it twice.
@@ -483,17 +525,20 @@ public struct Replica: Sendable {
                 // precedes the new one in the log and is committed first, and
                 // its client may already have had its reply.
             }
-            highestTimestamp = max(highestTimestamp, nowMs)
+            highestTimestamp = max(highestTimestamp, latestClientClockMs)
             let entry = LogEntry(op: op + 1, view: view, timestampMs: highestTimestamp, session: request.session,
                                  payload: request.payload, parent: checksum(at: op))
             log.append(entry)
             verifiedOp = op
+            uncommittedOps += 1
+            uncommittedBytes += entry.payload.count
             newEntries.append(entry)
             if let session = request.session {
                 inflightSessions[session.clientID] = (session.requestNumber, entry.op)
             }
             emit(.accepted(requestID: request.id, op: entry.op))
         }
+        queuedRequests.removeFirst(taken)
         guard !newEntries.isEmpty else { return }
         emit(.append(newEntries))
         var start = 0
@@ -903,6 +948,7 @@ public struct Replica: Sendable {
             commitNumber = quorumOp
             emit(.commit(through: commitNumber))
             inflightSessions = inflightSessions.filter { $0.value.op > commitNumber }
+            prepareQueuedRequests()
         }
         serveConfirmedReads()
     }

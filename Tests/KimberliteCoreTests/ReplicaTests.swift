@@ -4,8 +4,8 @@ import Testing
 /// Direct, hand-driven checks of single rules; the simulator covers the rest.
 @Suite struct ReplicaTests {
     /// A replica of a brand-new cluster after formation (every other member answered "fresh").
-    func replica(_ id: NodeID, members: [NodeID] = [1, 2, 3]) -> Replica {
-        var node = unformed(id, members: members)
+    func replica(_ id: NodeID, members: [NodeID] = [1, 2, 3], maxUncommittedOps: Int = 1024) -> Replica {
+        var node = unformed(id, members: members, maxUncommittedOps: maxUncommittedOps)
         guard members.count > 1 else { return node }
         let nonce = recoveryNonce(node.handle(.tick))!
         for other in members where other != id {
@@ -20,10 +20,11 @@ import Testing
         return node
     }
 
-    func unformed(_ id: NodeID, members: [NodeID] = [1, 2, 3]) -> Replica {
-        Replica(configuration: ReplicaConfiguration(members: members, selfID: id, heartbeatTicks: 2,
-                                                    electionTimeoutMinTicks: 5, electionTimeoutMaxTicks: 8),
-                durable: DurableState(isFresh: true), seed: 1)
+    func unformed(_ id: NodeID, members: [NodeID] = [1, 2, 3], maxUncommittedOps: Int = 1024) -> Replica {
+        var configuration = ReplicaConfiguration(members: members, selfID: id, heartbeatTicks: 2,
+                                                 electionTimeoutMinTicks: 5, electionTimeoutMaxTicks: 8)
+        configuration.maxUncommittedOps = maxUncommittedOps
+        return Replica(configuration: configuration, durable: DurableState(isFresh: true), seed: 1)
     }
 
     func fresh(_ nonce: UInt64) -> Message {
@@ -148,5 +149,30 @@ import Testing
         let node = Replica(configuration: ReplicaConfiguration(members: [1, 2, 3], selfID: 1),
                            durable: DurableState(view: 3, logView: 3, log: []), seed: 1)
         #expect(node.status == .viewChange, "primary of view 3 (3 % 3 = 0 → node 1) must not resume as primary")
+    }
+
+    @Test func fullPipelineQueuesRequestsUntilCommitsMakeRoomAndRefusesThemOnLosingTheView() {
+        var primary = replica(1, maxUncommittedOps: 2)
+        let requests = (1...5).map { ClientRequest(id: UInt64($0), session: nil, payload: [UInt8($0)]) }
+        let first = primary.handle(.clientRequests(requests, nowMs: 5))
+        #expect(first.contains(.accepted(requestID: 1, op: 1)) && first.contains(.accepted(requestID: 2, op: 2)))
+        #expect(!first.contains { if case .accepted(let id, _) = $0 { return id > 2 } else { return false } },
+                "requests 3-5 wait: the pipeline holds 2 uncommitted ops")
+        #expect(!first.contains { if case .rejected = $0 { return true } else { return false } }, "queued, not refused")
+        #expect(primary.op == 2)
+
+        // Op 1 commits (durable here, acknowledged by backup 2): one slot frees, request 3 is prepared.
+        _ = primary.handle(.persisted(throughOp: 2))
+        let commit = primary.handle(.message(.prepareOK(view: 0, op: 1), from: 2))
+        #expect(commit.contains(.commit(through: 1)))
+        #expect(commit.contains(.accepted(requestID: 3, op: 3)))
+        #expect(commit.contains { if case .send(.prepare(_, _, let entries), 2) = $0 { return entries.map(\.op) == [3] } else { return false } })
+        #expect(primary.op == 3 && primary.commitNumber == 1)
+
+        // Losing the view refuses what is still queued: never prepared, so a retry is safe.
+        let lost = primary.handle(.message(.startViewChange(view: 1), from: 2))
+        #expect(lost.contains(.rejected(requestID: 4, .notPrimary(leader: nil))))
+        #expect(lost.contains(.rejected(requestID: 5, .notPrimary(leader: nil))))
+        #expect(primary.op == 3, "nothing prepared after the view was lost")
     }
 }

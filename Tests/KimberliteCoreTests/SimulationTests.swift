@@ -33,6 +33,7 @@ import Testing
                 totals.logLosses += statistics.logLosses
                 totals.wipes += statistics.wipes
                 totals.acknowledged += statistics.acknowledged
+                totals.preparedFromQueue += statistics.preparedFromQueue
             }
             return (totals, nil)
         }
@@ -40,13 +41,14 @@ import Testing
             Issue.record(Comment(rawValue: failure))
             return
         }
-        print("simulation seeds \(seeds): view changes \(totals.viewChanges), crashes \(totals.crashes), partitions \(totals.partitions), lost logs \(totals.logLosses), wiped data directories \(totals.wipes), acknowledged writes \(totals.acknowledged)")
+        print("simulation seeds \(seeds): view changes \(totals.viewChanges), crashes \(totals.crashes), partitions \(totals.partitions), lost logs \(totals.logLosses), wiped data directories \(totals.wipes), acknowledged writes \(totals.acknowledged), prepared from a full pipeline's queue \(totals.preparedFromQueue)")
         // A range that saw no faults tested nothing.
         #expect(totals.viewChanges > 0, "no view change happened in seeds \(seeds)")
         #expect(totals.crashes > 0, "no crash-restart happened in seeds \(seeds)")
         #expect(totals.logLosses > 0, "no replica lost its log in seeds \(seeds)")
         #expect(totals.wipes > 0, "no replica lost its whole data directory in seeds \(seeds)")
         #expect(totals.acknowledged > 0)
+        #expect(totals.preparedFromQueue > 0, "no primary queued a request behind a full pipeline in seeds \(seeds)")
     }
 
     /// Runs `body` on a new thread (8 MiB stack) and returns its result.
@@ -70,6 +72,8 @@ import Testing
         let hostility = Double(1 + seed % 3)
         options.crashProbability *= hostility
         options.partitionProbability *= hostility
+        // Pipelines of 1 and 2 ops make primaries queue requests often.
+        options.maxUncommittedOps = [1, 2, 1024][Int(seed / 5 % 3)]
         return options
     }
 

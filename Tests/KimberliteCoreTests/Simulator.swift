@@ -18,6 +18,8 @@ struct Simulator {
         var partitionProbability = 0.004
         var clientCount = 3
         var requestProbability = 0.3
+        /// The primaries' pipeline bound (`ReplicaConfiguration.maxUncommittedOps`).
+        var maxUncommittedOps = 1024
         var trace = false
     }
 
@@ -37,6 +39,8 @@ struct Simulator {
         var logLosses = 0
         var wipes = 0
         var acknowledged = 0
+        /// Requests a primary prepared from its queue once commits made room.
+        var preparedFromQueue = 0
         var committedOps: OpNumber = 0
     }
 
@@ -97,9 +101,10 @@ struct Simulator {
         self.rng = SplitMix64(seed: seed)
         let members = (1...options.replicaCount).map { NodeID($0) }
         for id in members {
-            let configuration = ReplicaConfiguration(
+            var configuration = ReplicaConfiguration(
                 members: members, selfID: id, heartbeatTicks: 3,
                 electionTimeoutMinTicks: 12, electionTimeoutMaxTicks: 24, maxEntriesPerMessage: 8)
+            configuration.maxUncommittedOps = options.maxUncommittedOps
             let replica = Replica(configuration: configuration, durable: DurableState(isFresh: true),
                                   seed: seed &* 31 &+ UInt64(id))
             nodes.append(Node(replica: replica))
@@ -283,6 +288,9 @@ struct Simulator {
 
     private mutating func feed(_ index: Int, _ event: ReplicaEvent) throws {
         let actions = nodes[index].replica.handle(event)
+        if case .clientRequests = event {} else {
+            statistics.preparedFromQueue += actions.count { if case .accepted = $0 { true } else { false } }
+        }
         try perform(index, actions)
     }
 

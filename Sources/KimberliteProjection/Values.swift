@@ -33,14 +33,17 @@ extension SQLValue: Codable {
         // A single-value container exists for every JSON shape; the typed
         // decodes below fail (without consuming anything) when the shape differs.
         if let single = try? decoder.singleValueContainer() {
+            // Most parameters are strings: trying that shape first spares
+            // three failed decodes (each builds an error) per parameter.
+            // Int64 before Double, so an integral number stays an integer.
             if single.decodeNil() { self = .null; return }
+            if let value = try? single.decode(String.self) { self = .text(value); return }
+            if let value = try? single.decode(Int64.self) { self = .integer(value); return }
+            if let value = try? single.decode(Double.self) { self = .real(value); return }
             if (try? single.decode(Bool.self)) != nil {
                 throw DecodingError.dataCorruptedError(
                     in: single, debugDescription: "a boolean is not an SQL value; use 1 or 0")
             }
-            if let value = try? single.decode(Int64.self) { self = .integer(value); return }
-            if let value = try? single.decode(Double.self) { self = .real(value); return }
-            if let value = try? single.decode(String.self) { self = .text(value); return }
         }
         if let keyed = try? decoder.container(keyedBy: BlobKey.self),
            let keys = try? decoder.container(keyedBy: AnyKey.self).allKeys {

@@ -27,6 +27,10 @@ public struct ReplicaConfiguration: Sendable {
     /// Pipeline bound in payload bytes of uncommitted ops (at least one op is
     /// always let in, whatever its size).
     public var maxUncommittedBytes: Int = 64 << 20
+    /// Most client requests waiting for room in the pipeline; more are
+    /// refused as `.overloaded` (not logged). Their payload bytes are bounded
+    /// by `maxUncommittedBytes` too.
+    public var maxQueuedRequests: Int = 4096
 
     public init(members: [NodeID], selfID: NodeID, heartbeatTicks: Int = 10,
                 electionTimeoutMinTicks: Int = 15, electionTimeoutMaxTicks: Int = 30,
@@ -109,6 +113,9 @@ public enum RequestRejection: Sendable, Equatable {
     case inProgress(outstanding: UInt64)
     /// The number is lower than the session's request in the uncommitted log.
     case stale(last: UInt64)
+    /// The primary's pipeline and its queue of waiting requests are full
+    /// (`maxQueuedRequests` requests, or `maxUncommittedBytes` bytes queued).
+    case overloaded(queued: Int)
 }
 
 /// Input to the replica.
@@ -251,8 +258,10 @@ public struct Replica: Sendable {
     private var inflightSessions: [String: (requestNumber: UInt64, op: OpNumber)] = [:]
     /// Client requests waiting for room in the pipeline, in arrival order
     /// (`maxUncommittedOps` / `maxUncommittedBytes`). Non-empty only while
-    /// this replica is a primary taking writes: losing that refuses them.
-    private var queuedRequests: [ClientRequest] = []
+    /// this replica is a primary taking writes in `queuedInView`: a view
+    /// change refuses them (never logged, so a retry is safe).
+    private var queuedRequests = RequestQueue()
+    private var queuedInView: ViewNumber = 0
     /// The runtime's clock at the latest client request, for the timestamps
     /// of requests prepared later from the queue.
     private var latestClientClockMs: Int64 = 0
@@ -359,11 +368,7 @@ public struct Replica: Sendable {
         case .message(let message, let from):
             if configuration.members.contains(from), from != selfID { onMessage(message, from: from) }
         }
-        if !queuedRequests.isEmpty && !takesWrites {
-            // Never prepared: surely not accepted, so a retry is safe.
-            for request in queuedRequests { emit(.rejected(requestID: request.id, .notPrimary(leader: viewConfirmed ? leader : nil))) }
-            queuedRequests.removeAll()
-        }
+        if !queuedRequests.isEmpty && (!takesWrites || view != queuedInView) { refuseQueuedRequests() }
         checkInvariants()
         return actions
     }
@@ -375,7 +380,8 @@ public struct Replica: Sendable {
         precondition(logView <= view, "log view <= view")
         precondition(!formationPending || (status == .recovering && holdsNothing && view == 0),
                      "only an empty, recovering replica in view 0 awaits formation")
-        precondition(queuedRequests.isEmpty || takesWrites, "only a primary taking writes queues requests")
+        precondition(queuedRequests.isEmpty || (takesWrites && queuedInView == view),
+                     "only a primary taking writes in this view queues requests")
     }
 
     private mutating func emit(_ action: ReplicaAction) { actions.append(action) }
@@ -490,35 +496,69 @@ public struct Replica: Sendable {
             return
         }
         latestClientClockMs = max(latestClientClockMs, nowMs)
-        queuedRequests.append(contentsOf: requests)
-        prepareQueuedRequests()
+        if queuedRequests.isEmpty { queuedInView = view }
+        var usage = pipelineUsage()
+        var newEntries: [LogEntry] = []
+        for request in requests {
+            if let session = request.session, let inflight = inflightSessions[session.clientID],
+               inflight.op > commitNumber, inflight.requestNumber == session.requestNumber {
+                // A retry of a request already prepared: answer at once, never prepare it twice.
+                emit(.accepted(requestID: request.id, op: inflight.op))
+                continue
+            }
+            let outcome = queuedRequests.enqueue(request, maxRequests: configuration.maxQueuedRequests,
+                                                 maxBytes: configuration.maxUncommittedBytes)
+            if outcome == .full { emit(.rejected(requestID: request.id, .overloaded(queued: queuedRequests.count))) }
+            // Prepare as it arrives, so the queue holds only what the pipeline cannot.
+            prepareFromQueue(&usage, into: &newEntries)
+        }
+        sendPrepares(newEntries)
+    }
+
+    /// Refuses every queued request: none was prepared, so none was accepted.
+    private mutating func refuseQueuedRequests() {
+        let reason = RequestRejection.notPrimary(leader: takesWrites || !viewConfirmed ? nil : leader)
+        for item in queuedRequests.removeAll() {
+            for id in item.ids { emit(.rejected(requestID: id, reason)) }
+        }
     }
 
     /// Prepares queued requests while the pipeline has room (§4.1 steps 2–3):
     /// appends them to the log and broadcasts prepares.
     private mutating func prepareQueuedRequests() {
         guard takesWrites, !queuedRequests.isEmpty else { return }
-        var uncommittedOps = Int(op - commitNumber)
-        var uncommittedBytes = 0
-        for entry in entries(from: commitNumber + 1, through: op) { uncommittedBytes += entry.payload.count }
+        var usage = pipelineUsage()
         var newEntries: [LogEntry] = []
-        var taken = 0
-        for request in queuedRequests {
-            let hasRoom = uncommittedOps == 0 || (uncommittedOps < configuration.maxUncommittedOps
-                && uncommittedBytes + request.payload.count <= configuration.maxUncommittedBytes)
-            guard hasRoom else { break }
-            taken += 1
+        prepareFromQueue(&usage, into: &newEntries)
+        sendPrepares(newEntries)
+    }
+
+    /// Ops and payload bytes prepared but not committed.
+    private func pipelineUsage() -> (ops: Int, bytes: Int) {
+        var bytes = 0
+        for entry in entries(from: commitNumber + 1, through: op) { bytes += entry.payload.count }
+        return (Int(op - commitNumber), bytes)
+    }
+
+    /// Moves queued requests into the log while `usage` leaves room,
+    /// collecting the new entries for `sendPrepares`.
+    private mutating func prepareFromQueue(_ usage: inout (ops: Int, bytes: Int), into newEntries: inout [LogEntry]) {
+        while let next = queuedRequests.first {
+            let hasRoom = usage.ops == 0 || (usage.ops < configuration.maxUncommittedOps
+                && usage.bytes + next.request.payload.count <= configuration.maxUncommittedBytes)
+            guard hasRoom, let item = queuedRequests.popFirst() else { break }
+            let request = item.request
             if let session = request.session, let inflight = inflightSessions[session.clientID], inflight.op > commitNumber {
                 if session.requestNumber == inflight.requestNumber {
                     // A retry of a request already prepared: never prepare it twice.
-                    emit(.accepted(requestID: request.id, op: inflight.op))
+                    for id in item.ids { emit(.accepted(requestID: id, op: inflight.op)) }
                     continue
                 } else if session.requestNumber < inflight.requestNumber {
-                    emit(.rejected(requestID: request.id, .stale(last: inflight.requestNumber)))
+                    for id in item.ids { emit(.rejected(requestID: id, .stale(last: inflight.requestNumber))) }
                     continue
                 } else if entry(inflight.op)?.view == view {
                     // Two requests of one session prepared concurrently by this primary.
-                    emit(.rejected(requestID: request.id, .inProgress(outstanding: inflight.requestNumber)))
+                    for id in item.ids { emit(.rejected(requestID: id, .inProgress(outstanding: inflight.requestNumber))) }
                     continue
                 }
                 // The outstanding one came from the previous view's log: it
@@ -530,15 +570,18 @@ public struct Replica: Sendable {
                                  payload: request.payload, parent: checksum(at: op))
             log.append(entry)
             verifiedOp = op
-            uncommittedOps += 1
-            uncommittedBytes += entry.payload.count
+            usage.ops += 1
+            usage.bytes += entry.payload.count
             newEntries.append(entry)
             if let session = request.session {
                 inflightSessions[session.clientID] = (session.requestNumber, entry.op)
             }
-            emit(.accepted(requestID: request.id, op: entry.op))
+            for id in item.ids { emit(.accepted(requestID: id, op: entry.op)) }
         }
-        queuedRequests.removeFirst(taken)
+    }
+
+    /// Appends `newEntries` to the journal and broadcasts them in prepares.
+    private mutating func sendPrepares(_ newEntries: [LogEntry]) {
         guard !newEntries.isEmpty else { return }
         emit(.append(newEntries))
         var start = 0
@@ -966,6 +1009,7 @@ public struct Replica: Sendable {
         precondition(newView > view || (newView == view && status != .normal))
         failedViewChanges = status == .viewChange ? failedViewChanges + 1 : 0
         failPendingReads()
+        refuseQueuedRequests()
         view = newView
         status = .viewChange
         resetViewChangeState()

@@ -4,8 +4,9 @@ import Testing
 /// Direct, hand-driven checks of single rules; the simulator covers the rest.
 @Suite struct ReplicaTests {
     /// A replica of a brand-new cluster after formation (every other member answered "fresh").
-    func replica(_ id: NodeID, members: [NodeID] = [1, 2, 3], maxUncommittedOps: Int = 1024) -> Replica {
-        var node = unformed(id, members: members, maxUncommittedOps: maxUncommittedOps)
+    func replica(_ id: NodeID, members: [NodeID] = [1, 2, 3], maxUncommittedOps: Int = 1024,
+                 maxQueuedRequests: Int = 4096) -> Replica {
+        var node = unformed(id, members: members, maxUncommittedOps: maxUncommittedOps, maxQueuedRequests: maxQueuedRequests)
         guard members.count > 1 else { return node }
         let nonce = recoveryNonce(node.handle(.tick))!
         for other in members where other != id {
@@ -20,10 +21,12 @@ import Testing
         return node
     }
 
-    func unformed(_ id: NodeID, members: [NodeID] = [1, 2, 3], maxUncommittedOps: Int = 1024) -> Replica {
+    func unformed(_ id: NodeID, members: [NodeID] = [1, 2, 3], maxUncommittedOps: Int = 1024,
+                  maxQueuedRequests: Int = 4096) -> Replica {
         var configuration = ReplicaConfiguration(members: members, selfID: id, heartbeatTicks: 2,
                                                  electionTimeoutMinTicks: 5, electionTimeoutMaxTicks: 8)
         configuration.maxUncommittedOps = maxUncommittedOps
+        configuration.maxQueuedRequests = maxQueuedRequests
         return Replica(configuration: configuration, durable: DurableState(isFresh: true), seed: 1)
     }
 
@@ -174,5 +177,55 @@ import Testing
         #expect(lost.contains(.rejected(requestID: 4, .notPrimary(leader: nil))))
         #expect(lost.contains(.rejected(requestID: 5, .notPrimary(leader: nil))))
         #expect(primary.op == 3, "nothing prepared after the view was lost")
+    }
+
+    /// Answers for the given request ids among `actions`.
+    func answers(_ actions: [ReplicaAction], _ ids: Set<UInt64>) -> [ReplicaAction] {
+        actions.filter {
+            switch $0 {
+            case .accepted(let id, _), .rejected(let id, _): ids.contains(id)
+            default: false
+            }
+        }
+    }
+
+    @Test func queueIsRefusedWhenThePrimaryPassesThroughAViewChangeInOneEvent() {
+        // Node 1 is primary of views 0 and 3: a do_view_change for view 3 can
+        // take it from view 0 to normal primary of view 3 in one event.
+        var primary = replica(1, maxUncommittedOps: 1)
+        _ = primary.handle(.clientRequests([ClientRequest(id: 1, session: nil, payload: [1]),
+                                             ClientRequest(id: 2, session: nil, payload: [2])], nowMs: 5))
+        _ = primary.handle(.persisted(throughOp: 1))
+        let dvc = DoViewChange(view: 3, logView: 1, op: 0, commit: 0, commitChecksum: .zero, suffix: [])
+        let actions = primary.handle(.message(.doViewChange(dvc), from: 2))
+        #expect(primary.view == 3)
+        #expect(answers(actions, [2]) == [.rejected(requestID: 2, .notPrimary(leader: nil))],
+                "request 2 was never prepared: refused, not left waiting for a commit that may never come")
+    }
+
+    @Test func retryOfAQueuedRequestRidesWithItAndARetryOfAPreparedOneIsAnsweredAtOnce() {
+        var primary = replica(1, maxUncommittedOps: 1)
+        let a = ClientSession(clientID: "a", requestNumber: 1), b = ClientSession(clientID: "b", requestNumber: 1)
+        _ = primary.handle(.clientRequests([ClientRequest(id: 1, session: a, payload: [1]),
+                                             ClientRequest(id: 2, session: b, payload: [2])], nowMs: 5))
+        #expect(primary.op == 1, "b waits behind a")
+        // Retries: of a (prepared) → answered now; of b (queued) → joins it.
+        let retries = primary.handle(.clientRequests([ClientRequest(id: 3, session: a, payload: [1]),
+                                                      ClientRequest(id: 4, session: b, payload: [2])], nowMs: 6))
+        #expect(answers(retries, [3, 4]) == [.accepted(requestID: 3, op: 1)])
+        _ = primary.handle(.persisted(throughOp: 1))
+        let commit = primary.handle(.message(.prepareOK(view: 0, op: 1), from: 2))
+        #expect(answers(commit, [2, 4]) == [.accepted(requestID: 2, op: 2), .accepted(requestID: 4, op: 2)])
+        #expect(primary.op == 2, "b is logged once")
+    }
+
+    @Test func fullQueueRefusesAsOverloadedAndLogsNothing() {
+        var primary = replica(1, maxUncommittedOps: 1, maxQueuedRequests: 2)
+        let requests = (1...4).map { ClientRequest(id: UInt64($0), session: nil, payload: [UInt8($0)]) }
+        let actions = primary.handle(.clientRequests(requests, nowMs: 5))
+        #expect(answers(actions, [1, 2, 3, 4]) == [.accepted(requestID: 1, op: 1),
+                                                   .rejected(requestID: 4, .overloaded(queued: 2))],
+                "1 is prepared, 2 and 3 wait, 4 finds the queue full")
+        #expect(primary.op == 1)
     }
 }

@@ -74,6 +74,8 @@ import Testing
         options.partitionProbability *= hostility
         // Pipelines of 1 and 2 ops make primaries queue requests often.
         options.maxUncommittedOps = [1, 2, 1024][Int(seed / 5 % 3)]
+        // A queue of one refuses the rest as overloaded; clients retry.
+        options.maxQueuedRequests = [1, 4096][Int(seed / 15 % 2)]
         return options
     }
 

@@ -20,6 +20,8 @@ struct Simulator {
         var requestProbability = 0.3
         /// The primaries' pipeline bound (`ReplicaConfiguration.maxUncommittedOps`).
         var maxUncommittedOps = 1024
+        /// Its queue bound (`ReplicaConfiguration.maxQueuedRequests`).
+        var maxQueuedRequests = 4096
         var trace = false
     }
 
@@ -105,6 +107,7 @@ struct Simulator {
                 members: members, selfID: id, heartbeatTicks: 3,
                 electionTimeoutMinTicks: 12, electionTimeoutMaxTicks: 24, maxEntriesPerMessage: 8)
             configuration.maxUncommittedOps = options.maxUncommittedOps
+            configuration.maxQueuedRequests = options.maxQueuedRequests
             let replica = Replica(configuration: configuration, durable: DurableState(isFresh: true),
                                   seed: seed &* 31 &+ UInt64(id))
             nodes.append(Node(replica: replica))

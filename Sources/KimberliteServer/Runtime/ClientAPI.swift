@@ -179,6 +179,8 @@ final class ClientAPI: @unchecked Sendable {
             return reply(op: op, outcome: outcome)
         case .rejected(.notPrimary):
             return noLeader()
+        case .rejected(.overloaded(let queued)):
+            return error(503, "overloaded", "the leader's write queue is full (\(queued) requests waiting for a quorum); not accepted, retry later")
         case .rejected(.inProgress(let outstanding)):
             return error(409, "request_in_progress", "the session already has request \(outstanding) outstanding")
         case .rejected(.stale(let last)):

@@ -85,9 +85,18 @@ final class Cluster: @unchecked Sendable {
         reservedBasesLock.lock()
         defer { reservedBasesLock.unlock() }
         let candidates = (100...320).map { $0 * 100 }.filter { !reservedBases.contains($0) }.shuffled()
-        let base = candidates.first { (($0)..<($0 + 100)).allSatisfy(portIsFree) } ?? candidates.first ?? 10000
+        guard let base = candidates.first(where: { (($0)..<($0 + 100)).allSatisfy(portIsFree) }) ?? candidates.first else {
+            preconditionFailure("all 221 port bases are held by live test clusters")
+        }
         reservedBases.insert(base)
         return base
+    }
+
+    /// Returns a base to the pool once its cluster's processes are gone.
+    private static func releasePortBase(_ base: Int) {
+        reservedBasesLock.lock()
+        defer { reservedBasesLock.unlock() }
+        reservedBases.remove(base)
     }
 
     private static func portIsFree(_ port: Int) -> Bool {
@@ -181,6 +190,7 @@ final class Cluster: @unchecked Sendable {
                 process.waitUntilExit()
             }
         }
+        Cluster.releasePortBase(portBase)
         if ProcessInfo.processInfo.environment["KMB_KEEP_TEST_DIRS"] == nil {
             try? FileManager.default.removeItem(atPath: root)
         }

@@ -262,9 +262,6 @@ public struct Replica: Sendable {
     /// change refuses them (never logged, so a retry is safe).
     private var queuedRequests = RequestQueue()
     private var queuedInView: ViewNumber = 0
-    /// The runtime's clock at the latest client request, for the timestamps
-    /// of requests prepared later from the queue.
-    private var latestClientClockMs: Int64 = 0
 
     // View change state.
     private var startViewChangeFrom: Set<NodeID> = []
@@ -368,6 +365,9 @@ public struct Replica: Sendable {
         case .message(let message, let from):
             if configuration.members.contains(from), from != selfID { onMessage(message, from: from) }
         }
+        // The one place the queue is refused: after any event that took this
+        // replica out of taking writes, or through a view change (even one
+        // that made it primary again within this event).
         if !queuedRequests.isEmpty && (!takesWrites || view != queuedInView) { refuseQueuedRequests() }
         checkInvariants()
         return actions
@@ -495,15 +495,15 @@ public struct Replica: Sendable {
             }
             return
         }
-        latestClientClockMs = max(latestClientClockMs, nowMs)
+        // Requests prepared later from the queue carry at least this time.
+        highestTimestamp = max(highestTimestamp, nowMs)
         if queuedRequests.isEmpty { queuedInView = view }
         var usage = pipelineUsage()
         var newEntries: [LogEntry] = []
         for request in requests {
-            if let session = request.session, let inflight = inflightSessions[session.clientID],
-               inflight.op > commitNumber, inflight.requestNumber == session.requestNumber {
+            if let preparedOp = uncommittedOp(of: request.session) {
                 // A retry of a request already prepared: answer at once, never prepare it twice.
-                emit(.accepted(requestID: request.id, op: inflight.op))
+                emit(.accepted(requestID: request.id, op: preparedOp))
                 continue
             }
             let outcome = queuedRequests.enqueue(request, maxRequests: configuration.maxQueuedRequests,
@@ -513,6 +513,13 @@ public struct Replica: Sendable {
             prepareFromQueue(&usage, into: &newEntries)
         }
         sendPrepares(newEntries)
+    }
+
+    /// The uncommitted op that carries exactly this session request, if any.
+    private func uncommittedOp(of session: ClientSession?) -> OpNumber? {
+        guard let session, let inflight = inflightSessions[session.clientID], inflight.op > commitNumber,
+              inflight.requestNumber == session.requestNumber else { return nil }
+        return inflight.op
     }
 
     /// Refuses every queued request: none was prepared, so none was accepted.
@@ -548,12 +555,14 @@ public struct Replica: Sendable {
                 && usage.bytes + next.request.payload.count <= configuration.maxUncommittedBytes)
             guard hasRoom, let item = queuedRequests.popFirst() else { break }
             let request = item.request
+            if let preparedOp = uncommittedOp(of: request.session) {
+                // A retry queued apart from its original (a newer number of
+                // the session was queued in between): never prepare it twice.
+                for id in item.ids { emit(.accepted(requestID: id, op: preparedOp)) }
+                continue
+            }
             if let session = request.session, let inflight = inflightSessions[session.clientID], inflight.op > commitNumber {
-                if session.requestNumber == inflight.requestNumber {
-                    // A retry of a request already prepared: never prepare it twice.
-                    for id in item.ids { emit(.accepted(requestID: id, op: inflight.op)) }
-                    continue
-                } else if session.requestNumber < inflight.requestNumber {
+                if session.requestNumber < inflight.requestNumber {
                     for id in item.ids { emit(.rejected(requestID: id, .stale(last: inflight.requestNumber))) }
                     continue
                 } else if entry(inflight.op)?.view == view {
@@ -565,7 +574,6 @@ public struct Replica: Sendable {
                 // precedes the new one in the log and is committed first, and
                 // its client may already have had its reply.
             }
-            highestTimestamp = max(highestTimestamp, latestClientClockMs)
             let entry = LogEntry(op: op + 1, view: view, timestampMs: highestTimestamp, session: request.session,
                                  payload: request.payload, parent: checksum(at: op))
             log.append(entry)
@@ -1009,7 +1017,6 @@ public struct Replica: Sendable {
         precondition(newView > view || (newView == view && status != .normal))
         failedViewChanges = status == .viewChange ? failedViewChanges + 1 : 0
         failPendingReads()
-        refuseQueuedRequests()
         view = newView
         status = .viewChange
         resetViewChangeState()

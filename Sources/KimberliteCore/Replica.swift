@@ -60,39 +60,6 @@ public enum ReplicaStatus: String, Sendable {
     case recovering
 }
 
-/// What a replica had on disk when it started (journal and superblock).
-public struct DurableState: Sendable {
-    public var view: ViewNumber
-    public var logView: ViewNumber
-    /// Every durable entry, op 1 first.
-    public var log: [LogEntry]
-    /// A commit number known to be safe (superblock or projection); only a hint.
-    public var commitHint: OpNumber
-    /// True for a replica that has never joined its cluster (its superblock
-    /// is not marked formed: a new node, or one whose data directory was
-    /// wiped; the two look alike on disk). It starts `recovering` and takes
-    /// part only once every other member has confirmed that it holds nothing
-    /// either (a brand-new cluster: view 0 starts), or once it has recovered
-    /// from the primary of a cluster that already formed. Ignored in a
-    /// one-node cluster.
-    public var isFresh: Bool
-    /// An op this replica knows was committed (superblock, projection). When
-    /// the log ends below it, entries were lost (deleted or corrupt): the
-    /// replica starts `recovering` and neither votes nor leads until it has
-    /// fetched the log through this op from a primary.
-    public var recoveryTarget: OpNumber
-    /// The journal found entries it had to drop (corruption): they may have
-    /// been acknowledged, so the replica recovers even when no committed op
-    /// is known to be missing.
-    public var lostEntries: Bool
-
-    public init(view: ViewNumber = 0, logView: ViewNumber = 0, log: [LogEntry] = [], commitHint: OpNumber = 0,
-                isFresh: Bool = false, recoveryTarget: OpNumber = 0, lostEntries: Bool = false) {
-        self.view = view; self.logView = logView; self.log = log; self.commitHint = commitHint
-        self.isFresh = isFresh; self.recoveryTarget = recoveryTarget; self.lostEntries = lostEntries
-    }
-}
-
 /// A write handed to the primary by the runtime; `id` is the runtime's token.
 public struct ClientRequest: Sendable, Equatable {
     public var id: UInt64
@@ -149,7 +116,7 @@ public enum ReplicaNote: Sendable, Equatable {
     case recovered(view: ViewNumber, op: OpNumber)
     /// Every other member answered with an empty log: this replica joins the
     /// cluster with an empty log, in view 0 or in the view change at the
-    /// highest view answered. The runtime records that it has formed.
+    /// highest view answered. The durable record now says `formed`.
     case formed
     /// A fresh replica waits for cluster formation: `fresh` of the `needed`
     /// other members have answered that they hold nothing.
@@ -159,8 +126,9 @@ public enum ReplicaNote: Sendable, Equatable {
 /// Output of the replica; the runtime performs these in order.
 public enum ReplicaAction: Sendable, Equatable {
     case send(Message, to: NodeID)
-    /// Durably record view and log view (superblock) before the next action.
-    case persistViewState(view: ViewNumber, logView: ViewNumber)
+    /// Durably record the whole record (superblock), after syncing the
+    /// journal it vouches for, before the next action.
+    case persistDurable(DurableRecord)
     /// Remove every entry above `after`, durably, before the next append.
     case truncateLog(after: OpNumber)
     /// Append to the journal; the runtime syncs later and feeds `.persisted`.
@@ -220,6 +188,16 @@ public struct Replica: Sendable {
 
     /// While recovering: the op the log must reach before this replica votes again.
     public private(set) var recoveryTarget: OpNumber = 0
+    /// Fields of the durable record that only this replica changes (see `DurableRecord`).
+    public private(set) var formed: Bool
+    private var logStarted: Bool
+    /// The durable record says this replica is recovering lost entries.
+    private var recoveringLostEntries: Bool
+    /// A commit number known safe at start (superblock or projection): the
+    /// record's commit number never goes below it, though a recovering
+    /// replica's own commit number restarts lower.
+    private let commitFloor: OpNumber
+    private let epoch: UInt64
     private var recoveryNonce: UInt64 = 0
     private var recoveryResponses: [NodeID: (view: ViewNumber, op: OpNumber, isPrimary: Bool, isFresh: Bool, isNormal: Bool)] = [:]
     /// A fresh replica with nothing on disk, not yet told that the cluster
@@ -280,33 +258,37 @@ public struct Replica: Sendable {
     /// primary: it may have lost entries it had not fsynced while backups
     /// acknowledged them, so it starts a view change instead (see DESIGN.md §3).
     public init(configuration: ReplicaConfiguration, durable: DurableState, seed: UInt64) {
+        let record = durable.record
         self.configuration = configuration
-        self.view = durable.view
-        self.logView = min(durable.logView, durable.view)
+        self.view = record.view
+        self.logView = min(record.logView, record.view)
         self.log = durable.log
         for (index, entry) in durable.log.enumerated() {
             precondition(entry.op == OpNumber(index + 1), "durable log is contiguous from op 1")
         }
         let op = OpNumber(durable.log.count)
         self.commitNumber = min(durable.commitHint, op)
+        self.commitFloor = max(durable.commitHint, record.commitNumber)
         self.durableOp = op
-        self.verifiedOp = durable.logView == durable.view ? op : min(durable.commitHint, op)
+        self.verifiedOp = record.logView == record.view ? op : min(durable.commitHint, op)
         self.rng = SplitMix64(seed: seed)
         self.highestTimestamp = durable.log.last?.timestampMs ?? 0
-        self.status = durable.logView == durable.view ? .normal : .viewChange
+        self.status = record.logView == record.view ? .normal : .viewChange
+        self.formed = record.formed || configuration.members.count == 1
+        self.logStarted = record.logStarted || op > 0
+        self.recoveringLostEntries = record.recovering
+        self.epoch = record.epoch
         resetElectionTimer()
-        if durable.recoveryTarget > op || durable.lostEntries || (durable.isFresh && configuration.members.count > 1) {
+        if record.recovering || !formed {
             // Lost entries this replica may have acknowledged: it must not
             // vote with, or lead from, a log that forgot them (VRR §4.3).
             // A replica that never joined cannot tell a new cluster from a
             // wiped disk, so it recovers too, unless every other member
             // turns out to hold nothing either (cluster formation).
             status = .recovering
-            recoveryTarget = max(durable.recoveryTarget, op)
-            logView = min(logView, durable.logView)
+            recoveryTarget = max(record.recoveryTarget, op)
             verifiedOp = min(verifiedOp, op)
-            formationPending = durable.isFresh && !durable.lostEntries && durable.recoveryTarget == 0
-                && durable.log.isEmpty && durable.view == 0
+            formationPending = !formed && !record.recovering && durable.log.isEmpty && record.view == 0
         } else if configuration.members.count == 1 {
             // A one-node cluster is its own quorum.
             status = .normal
@@ -321,6 +303,16 @@ public struct Replica: Sendable {
             status = .viewChange
         }
     }
+
+    /// The durable record as it stands: what `persistDurable` carries, and
+    /// what the runtime writes when it refreshes the commit hint.
+    public var durableRecord: DurableRecord {
+        DurableRecord(view: view, logView: logView, commitNumber: max(commitFloor, commitNumber), epoch: epoch,
+                      members: configuration.members, formed: formed, logStarted: logStarted,
+                      recovering: recoveringLostEntries, recoveryTarget: recoveringLostEntries ? recoveryTarget : 0)
+    }
+
+    private mutating func persistDurableRecord() { emit(.persistDurable(durableRecord)) }
 
     // MARK: - Derived state
 
@@ -382,6 +374,9 @@ public struct Replica: Sendable {
                      "only an empty, recovering replica in view 0 awaits formation")
         precondition(queuedRequests.isEmpty || (takesWrites && queuedInView == view),
                      "only a primary taking writes in this view queues requests")
+        precondition(status == .recovering || (formed && !recoveringLostEntries),
+                     "a replica takes part only once it has joined and holds everything it acknowledged")
+        precondition(logStarted || durableOp == 0, "a log with durable entries has started")
     }
 
     private mutating func emit(_ action: ReplicaAction) { actions.append(action) }
@@ -461,6 +456,12 @@ public struct Replica: Sendable {
         let newDurable = min(through, op)
         guard newDurable > durableOp else { return }
         durableOp = newDurable
+        if !logStarted {
+            // Once, before the first prepare_ok: from now on an empty journal
+            // here means lost entries, not a new replica.
+            logStarted = true
+            persistDurableRecord()
+        }
         if status == .recovering {
             advanceBackupCommit(knownCommit)
             return
@@ -739,14 +740,13 @@ public struct Replica: Sendable {
             let latest = normal.map(\.view).max()!
             let leader = primary(of: latest)
             guard let answer = recoveryResponses[leader], answer.isNormal, answer.view == latest, answer.isPrimary else { return }
-            if view != latest {
-                view = latest
-                logView = min(logView, latest)
-                emit(.persistViewState(view: view, logView: logView))
-            }
+            let before = durableRecord
+            view = latest
+            logView = min(logView, latest)
+            recoveryTarget = max(recoveryTarget, answer.op)
+            if durableRecord != before { persistDurableRecord() }
             verifiedOp = min(verifiedOp, commitNumber, op)
             recoveryLeader = leader
-            recoveryTarget = max(recoveryTarget, answer.op)
             recoveryStartedAt = now
             requestRepair(from: leader, op: verifiedOp + 1)
         case .entries(let v, let commit, let lastOp, let entries):
@@ -759,7 +759,10 @@ public struct Replica: Sendable {
                 recoveryTarget = 0
                 recoveryLeader = nil
                 lastAckedOp = 0
+                formed = true
+                recoveringLostEntries = false
                 resetElectionTimer()
+                persistDurableRecord()
                 emit(.note(.recovered(view: view, op: op)))
                 emit(.note(.becameBackup(view: view, primary: from)))
                 acknowledgeIfNew()
@@ -797,8 +800,10 @@ public struct Replica: Sendable {
     private mutating func formCluster(view latest: ViewNumber) {
         precondition(holdsNothing && formationPending, "only an empty replica forms a cluster")
         formationPending = false
+        formed = true
         recoveryResponses.removeAll()
         resetElectionTimer()
+        persistDurableRecord()
         emit(.note(.formed))
         if latest > view {
             startViewChange(to: latest)
@@ -839,7 +844,7 @@ public struct Replica: Sendable {
             lastAckedOp = 0
             repairRequestedAt = nil
             resetViewChangeState()
-            emit(.persistViewState(view: view, logView: logView))
+            persistDurableRecord()
             emit(.note(.becameBackup(view: view, primary: from)))
         }
         resetElectionTimer()
@@ -895,7 +900,7 @@ public struct Replica: Sendable {
         guard primaryOp >= commitNumber else { return }  // a stale message; wait for a fresher one
         truncate(after: primaryOp)
         logView = view
-        emit(.persistViewState(view: view, logView: logView))
+        persistDurableRecord()
     }
 
     private mutating func entriesAreWellFormed(_ entries: [LogEntry], from: NodeID) -> Bool {
@@ -933,6 +938,11 @@ public struct Replica: Sendable {
         verifiedOp = min(verifiedOp, after)
         lastAckedOp = min(lastAckedOp, after)
         emit(.truncateLog(after: after))
+        if after == 0 && logStarted {
+            // Emptied by the protocol, not lost: a restart finds a member with an empty log.
+            logStarted = false
+            persistDurableRecord()
+        }
     }
 
     private mutating func requestRepair(from node: NodeID, op: OpNumber) {
@@ -1022,7 +1032,7 @@ public struct Replica: Sendable {
         resetViewChangeState()
         repairRequestedAt = nil
         resetElectionTimer()
-        emit(.persistViewState(view: view, logView: logView))
+        persistDurableRecord()
         emit(.note(.viewChangeStarted(view: view)))
         broadcast(.startViewChange(view: view))
         checkStartViewChangeQuorum()
@@ -1137,7 +1147,7 @@ public struct Replica: Sendable {
         status = .normal
         logView = view
         verifiedOp = op
-        emit(.persistViewState(view: view, logView: logView))
+        persistDurableRecord()
         becomePrimaryState()
         emit(.note(.becamePrimary(view: view, op: op, commit: newCommit)))
         // §4.2 step 5: start_view to the others, from the lowest commit we heard.
@@ -1178,7 +1188,7 @@ public struct Replica: Sendable {
         lastAckedOp = 0
         failPendingReads()
         if logView < view { verifiedOp = min(verifiedOp, commitNumber) }
-        emit(.persistViewState(view: view, logView: logView))
+        persistDurableRecord()
         emit(.note(.becameBackup(view: view, primary: from)))
         resetElectionTimer()
         // Entries past the new log's end are not part of it (the new log
@@ -1186,7 +1196,7 @@ public struct Replica: Sendable {
         if op > sv.op { truncate(after: max(sv.op, commitNumber)) }
         if sv.op == 0 {
             logView = view
-            emit(.persistViewState(view: view, logView: logView))
+            persistDurableRecord()
             return
         }
         acceptEntries(sv.suffix, primaryCommit: sv.commit, primaryOp: sv.op, from: from)

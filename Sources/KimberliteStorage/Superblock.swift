@@ -49,6 +49,28 @@ public struct SuperblockState: Equatable, Sendable, Codable {
     }
 }
 
+extension SuperblockState {
+    /// A new data directory's identity with the replica's record.
+    public init(clusterName: String, nodeID: NodeID, record: DurableRecord) {
+        self.init(clusterName: clusterName, nodeID: nodeID, members: record.members)
+        self.record = record
+    }
+
+    /// The replica's durable record: every field but the identity (cluster
+    /// name and node id), which the replica never changes.
+    public var record: DurableRecord {
+        get {
+            DurableRecord(view: view, logView: logView, commitNumber: commitNumber, epoch: epoch, members: members,
+                          formed: formed, logStarted: logStarted, recovering: recovering, recoveryTarget: recoveryTarget)
+        }
+        set {
+            view = newValue.view; logView = newValue.logView; commitNumber = newValue.commitNumber
+            epoch = newValue.epoch; members = newValue.members; formed = newValue.formed
+            logStarted = newValue.logStarted; recovering = newValue.recovering; recoveryTarget = newValue.recoveryTarget
+        }
+    }
+}
+
 /// `<data_dir>/superblock`: four checksummed 4 KiB copies of
 /// `SuperblockState`, written so a crash at any point leaves a valid one.
 ///

@@ -27,7 +27,7 @@ import Testing
                                                  electionTimeoutMinTicks: 5, electionTimeoutMaxTicks: 8)
         configuration.maxUncommittedOps = maxUncommittedOps
         configuration.maxQueuedRequests = maxQueuedRequests
-        return Replica(configuration: configuration, durable: DurableState(isFresh: true), seed: 1)
+        return Replica(configuration: configuration, durable: DurableState(record: DurableRecord(members: members)), seed: 1)
     }
 
     func fresh(_ nonce: UInt64) -> Message {
@@ -75,7 +75,8 @@ import Testing
         let actions = node.handle(.message(fresh(nonce), from: 3))
         #expect(actions.contains(.note(.formed)))
         #expect(node.status == .viewChange && node.view == 4)
-        #expect(actions.contains(.persistViewState(view: 4, logView: 0)))
+        #expect(actions.contains(.persistDurable(DurableRecord(view: 4, logView: 0, members: [1, 2, 3], formed: true))),
+                "the record carries the new view and formed, together")
     }
 
     @Test func replicaThatFindsAFormedClusterRecoversInsteadOfForming() {
@@ -150,7 +151,7 @@ import Testing
 
     @Test func restartedPrimaryDoesNotResumeItsView() {
         let node = Replica(configuration: ReplicaConfiguration(members: [1, 2, 3], selfID: 1),
-                           durable: DurableState(view: 3, logView: 3, log: []), seed: 1)
+                           durable: DurableState(record: DurableRecord(view: 3, logView: 3, members: [1, 2, 3], formed: true)), seed: 1)
         #expect(node.status == .viewChange, "primary of view 3 (3 % 3 = 0 → node 1) must not resume as primary")
     }
 

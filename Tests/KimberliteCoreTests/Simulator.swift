@@ -52,17 +52,18 @@ struct Simulator {
         /// What the journal holds, durable and not; `synced` entries are durable.
         var disk: [LogEntry] = []
         var synced = 0
-        var superblock: (view: ViewNumber, logView: ViewNumber) = (0, 0)
-        var commitHint: OpNumber = 0
+        /// The superblock: the last durable record written (nil in a new
+        /// or wiped data directory).
+        var superblock: DurableRecord? = nil
+        /// The projection's last applied op: it survives a lost journal,
+        /// not a lost data directory.
+        var appliedOp: OpNumber = 0
+        /// Commits already checked against the cluster's (`recordCommits`).
+        var checkedCommit: OpNumber = 0
         var restartAt = 0
-        /// What survives a lost log: the superblock's and projection's
-        /// knowledge of the highest committed op.
-        var knownCommitted: OpNumber = 0
-        /// The journal detected that it dropped entries (the corruption case).
-        var lostEntries = false
-        /// The superblock says this replica has joined the cluster (formed
-        /// with the others, or recovered from a primary).
-        var formed = false
+        /// The journal will find, at the next start, that it dropped entries
+        /// (the corruption case).
+        var journalLostEntries = false
         var waiters: [UInt64: (client: Int, op: OpNumber, checksum: Checksum)] = [:]
         var restarts = 0
     }
@@ -108,9 +109,9 @@ struct Simulator {
                 electionTimeoutMinTicks: 12, electionTimeoutMaxTicks: 24, maxEntriesPerMessage: 8)
             configuration.maxUncommittedOps = options.maxUncommittedOps
             configuration.maxQueuedRequests = options.maxQueuedRequests
-            let replica = Replica(configuration: configuration, durable: DurableState(isFresh: true),
-                                  seed: seed &* 31 &+ UInt64(id))
-            nodes.append(Node(replica: replica))
+            let start = Startup.decide(stored: nil, members: members, log: [], appliedOp: 0, journalLostEntries: false)
+            let replica = Replica(configuration: configuration, durable: start.durable, seed: seed &* 31 &+ UInt64(id))
+            nodes.append(Node(replica: replica, superblock: start.durable.record))
         }
         clients = (0..<options.clientCount).map { _ in Client(nextTarget: 1) }
     }
@@ -189,15 +190,31 @@ struct Simulator {
             guard nodes[index].up, !blocked(message.from, message.to) else { continue }
             try feed(index, .message(message.message, from: message.from))
         }
-        // Disk syncs complete at random.
-        for index in nodes.indices where nodes[index].up && nodes[index].synced < nodes[index].disk.count {
-            if chance(0.6) {
-                nodes[index].synced = nodes[index].disk.count
-                try feed(index, .persisted(throughOp: OpNumber(nodes[index].disk.count)))
+        // Disk syncs complete at random (a superblock write syncs the journal too).
+        for index in nodes.indices where nodes[index].up {
+            if nodes[index].synced < nodes[index].disk.count, chance(0.6) { nodes[index].synced = nodes[index].disk.count }
+            if OpNumber(nodes[index].synced) > nodes[index].replica.durableOp {
+                try feed(index, .persisted(throughOp: OpNumber(nodes[index].synced)))
             }
+            // The runtime refreshes the superblock's commit number now and then.
+            if chance(0.05) { try refreshCommitHint(index) }
         }
         for index in nodes.indices where nodes[index].up { try feed(index, .tick) }
         try driveClients()
+    }
+
+    /// The runtime's periodic commit-hint write: the replica's record as it
+    /// stands. Every other field must already be on disk, since each change
+    /// to one comes with a `persistDurable` action.
+    private mutating func refreshCommitHint(_ index: Int) throws {
+        guard let stored = nodes[index].superblock else { return }
+        let current = nodes[index].replica.durableRecord
+        var expected = current
+        expected.commitNumber = stored.commitNumber
+        guard expected == stored else {
+            throw fail("n\(index + 1) durable record changed without persistDurable: stored \(stored), now \(current)")
+        }
+        if current.commitNumber > stored.commitNumber { nodes[index].superblock = current }
     }
 
     private func blocked(_ a: NodeID, _ b: NodeID) -> Bool {
@@ -232,15 +249,14 @@ struct Simulator {
         let kept = unsynced > 0 ? Int.random(in: 0...unsynced, using: &rng) : 0
         node.disk.removeSubrange((node.synced + kept)...)
         node.synced = node.disk.count
-        node.knownCommitted = max(node.knownCommitted, node.replica.commitNumber)
-        // The superblock keeps a recovering replica recovering across
-        // restarts; one that never joined stays unformed instead.
-        if node.replica.status == .recovering, node.formed { node.lostEntries = true }
+        // The projection has applied some prefix of what was committed.
+        node.appliedOp = max(node.appliedOp, OpNumber.random(in: node.appliedOp...max(node.appliedOp, node.replica.commitNumber), using: &rng))
         // Sometimes the journal itself is lost or corrupt (an operator's
         // `rm -rf log/*`, a bad disk): only while at most f replicas are
         // faulty (down, or recovering what they lost), as VSR assumes.
         let otherFaults = nodes.indices.filter { other in
-            other != index && (!nodes[other].up || nodes[other].replica.status == .recovering || nodes[other].lostEntries)
+            other != index && (!nodes[other].up || nodes[other].replica.status == .recovering
+                || nodes[other].journalLostEntries || nodes[other].superblock?.recovering == true)
         }.count
         let mayLoseData = otherFaults + 1 <= faultTolerance
         if mayLoseData, chance(0.08) {
@@ -248,24 +264,21 @@ struct Simulator {
             // comes back as a brand-new one and must not pass for one.
             node.disk.removeAll()
             node.synced = 0
-            node.superblock = (0, 0)
-            node.knownCommitted = 0
-            node.lostEntries = false
-            node.formed = false
+            node.superblock = nil
+            node.appliedOp = 0
+            node.journalLostEntries = false
             statistics.wipes += 1
             log("n\(index + 1) loses its whole data directory")
         } else if mayLoseData, chance(0.15) {
             node.disk.removeSubrange(Int.random(in: 0...node.disk.count, using: &rng)...)
             node.synced = node.disk.count
-            node.lostEntries = true
+            node.journalLostEntries = true
             statistics.logLosses += 1
             log("n\(index + 1) loses its log beyond op \(node.disk.count)")
         }
         node.up = false
         node.restartAt = tick + Int.random(in: 10...150, using: &rng)
         node.waiters.removeAll()
-        // The commit hint survives as the superblock would have it: maybe stale.
-        node.commitHint = chance(0.5) ? min(node.replica.commitNumber, OpNumber(node.disk.count)) : 0
         nodes[index] = node
         statistics.crashes += 1
         log("crash n\(index + 1) keeping \(node.disk.count) entries")
@@ -274,17 +287,18 @@ struct Simulator {
     private mutating func restart(_ index: Int) {
         let node = nodes[index]
         let configuration = node.replica.configuration
-        let lost = OpNumber(node.disk.count) < node.knownCommitted
-        let durable = DurableState(view: node.superblock.view, logView: node.superblock.logView,
-                                   log: node.disk, commitHint: min(node.commitHint, OpNumber(node.disk.count)),
-                                   isFresh: !node.formed, recoveryTarget: lost ? node.knownCommitted : 0,
-                                   lostEntries: node.lostEntries)
-        nodes[index].lostEntries = false
+        // The server's own start-up decision, on what this disk holds.
+        let start = Startup.decide(stored: node.superblock, members: configuration.members, log: node.disk,
+                                   appliedOp: node.appliedOp, journalLostEntries: node.journalLostEntries)
+        let durable = start.durable
+        nodes[index].journalLostEntries = false
+        if durable.record != node.superblock { nodes[index].superblock = durable.record }
         nodes[index].replica = Replica(configuration: configuration, durable: durable,
                                        seed: seed &+ UInt64(tick) &* 7 &+ UInt64(index))
+        nodes[index].checkedCommit = nodes[index].replica.commitNumber
         nodes[index].up = true
         nodes[index].restarts += 1
-        log("restart n\(index + 1) v\(durable.view) lv\(durable.logView) op\(durable.log.count)")
+        log("restart n\(index + 1) v\(durable.record.view) lv\(durable.record.logView) op\(durable.log.count) \(start.findings)")
     }
 
     // MARK: - Performing actions
@@ -309,12 +323,18 @@ struct Simulator {
                     network.append(InFlight(deliverAt: tick + delay + Int.random(in: 1...5, using: &rng),
                                             from: selfID, to: to, message: message))
                 }
-            case .persistViewState(let view, let logView):
+            case .persistDurable(let record):
                 // Only a recovering replica (which does not vote) may follow a lower view.
-                guard view >= nodes[index].superblock.view || nodes[index].replica.status == .recovering else {
-                    throw fail("n\(selfID) persisted view \(view) below \(nodes[index].superblock.view)")
+                let stored = nodes[index].superblock
+                guard record.view >= stored?.view ?? 0 || nodes[index].replica.status == .recovering else {
+                    throw fail("n\(selfID) persisted view \(record.view) below \(stored?.view ?? 0)")
                 }
-                nodes[index].superblock = (view, logView)
+                guard record.commitNumber >= stored?.commitNumber ?? 0 else {
+                    throw fail("n\(selfID) lowered its durable commit number to \(record.commitNumber)")
+                }
+                // The record vouches for the log: what it covers is synced first, as the runtime does.
+                nodes[index].synced = nodes[index].disk.count
+                nodes[index].superblock = record
             case .truncateLog(let after):
                 guard Int(after) <= nodes[index].disk.count else { throw fail("truncate past the end") }
                 nodes[index].disk.removeSubrange(Int(after)...)
@@ -341,10 +361,6 @@ struct Simulator {
                 break
             case .note(let note):
                 if case .viewChangeStarted = note { statistics.viewChanges += 1 }
-                switch note {
-                case .formed, .recovered: nodes[index].formed = true
-                default: break
-                }
                 log("n\(selfID) \(note)")
             }
         }
@@ -367,7 +383,7 @@ struct Simulator {
     /// timestamps never go backwards along the committed log.
     private mutating func recordCommits(_ index: Int, through: OpNumber) throws {
         let replica = nodes[index].replica
-        let first = nodes[index].commitHint + 1
+        let first = nodes[index].checkedCommit + 1
         guard first <= through else { return }
         for op in first...through {
             guard let entry = replica.entry(op) else { throw fail("n\(index + 1) committed op \(op) it does not hold") }
@@ -382,7 +398,7 @@ struct Simulator {
                 throw fail("timestamp went backwards at op \(op)")
             }
         }
-        nodes[index].commitHint = max(nodes[index].commitHint, through)
+        nodes[index].checkedCommit = max(nodes[index].checkedCommit, through)
     }
 
     private mutating func checkWaiters(_ index: Int) throws {

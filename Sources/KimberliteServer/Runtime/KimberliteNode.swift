@@ -57,17 +57,10 @@ public final class KimberliteNode: @unchecked Sendable {
         dataDirectory = try DataDirectory(path: config.storage.dataDir)
         let superblock = try dataDirectory.openSuperblock()
         let stored = try superblock.read()
-        var superblockState = stored ?? SuperblockState(clusterName: config.server.clusterName, nodeID: selfID,
-                                                        members: members.map(\.nodeID))
-        if let stored {
-            if stored.clusterName != config.server.clusterName || stored.nodeID != selfID {
-                throw NodeStartError.foreignDataDirectory(
-                    path: config.storage.dataDir,
-                    detail: "it belongs to node \(stored.nodeID) of cluster \"\(stored.clusterName)\", this is node \(selfID) of cluster \"\(config.server.clusterName)\"")
-            }
-        } else {
-            // A one-node cluster forms on its own; larger ones at formation.
-            superblockState.formed = members.count == 1
+        if let stored, stored.clusterName != config.server.clusterName || stored.nodeID != selfID {
+            throw NodeStartError.foreignDataDirectory(
+                path: config.storage.dataDir,
+                detail: "it belongs to node \(stored.nodeID) of cluster \"\(stored.clusterName)\", this is node \(selfID) of cluster \"\(config.server.clusterName)\"")
         }
 
         journal = try dataDirectory.openJournal(segmentSize: config.storage.segmentSize,
@@ -85,29 +78,22 @@ public final class KimberliteNode: @unchecked Sendable {
         let appliedOp = projection.appliedOp
         registry.setApplied(appliedOp)
 
-        var durable = DurableState(view: superblockState.view, logView: superblockState.logView, log: log,
-                                   commitHint: max(superblockState.commitNumber, appliedOp),
-                                   isFresh: members.count > 1 && !superblockState.formed)
-        let journalEmptied = log.isEmpty && superblockState.logStarted
-        // Entries made durable just before a crash, ahead of the flag.
-        if !log.isEmpty { superblockState.logStarted = true }
-        if OpNumber(log.count) < durable.commitHint || journalLostEntries || journalEmptied || superblockState.recovering {
-            // The log lost entries it may have acknowledged (deleted or
-            // corrupt). The replica starts recovering: it neither votes nor
-            // leads until a primary has sent it its log again.
-            durable.lostEntries = true
-            logger.warning("Recovering: the journal holds fewer ops than were committed; fetching them from the leader before taking part again",
-                           metadata: ["journal_op": "\(log.count)", "committed_op": "\(durable.commitHint)"])
-            durable.recoveryTarget = max(durable.commitHint, superblockState.recoveryTarget, OpNumber(log.count))
-            superblockState.recovering = true
-            superblockState.recoveryTarget = durable.recoveryTarget
+        let start = Startup.decide(stored: stored?.record, members: members.map(\.nodeID), log: log, appliedOp: appliedOp,
+                                   journalLostEntries: journalLostEntries)
+        let durable = start.durable
+        for finding in start.findings {
+            switch finding {
+            case .recovering(let journalOp, let committedOp):
+                logger.warning("Recovering: the journal holds fewer ops than were committed; fetching them from the leader before taking part again",
+                               metadata: ["journal_op": "\(journalOp)", "committed_op": "\(committedOp)"])
+            case .notJoined(let journalOp):
+                logger.notice("this data directory has not joined the cluster yet: it starts the cluster when every other member reports an empty data directory too, or recovers from the leader",
+                              metadata: ["journal_op": "\(journalOp)", "members": "\(durable.record.members.count)"])
+            }
         }
         // One write for everything start-up decided, before the replica acts on it.
+        let superblockState = SuperblockState(clusterName: config.server.clusterName, nodeID: selfID, record: durable.record)
         if superblockState != stored { try superblock.write(superblockState) }
-        if durable.isFresh {
-            logger.notice("this data directory has not joined the cluster yet: it starts the cluster when every other member reports an empty data directory too, or recovers from the leader",
-                          metadata: ["journal_op": "\(log.count)", "members": "\(members.count)"])
-        }
         let ticks = { (duration: Duration) in max(1, Int((duration / Self.tickInterval).rounded(.up))) }
         let heartbeatTicks = ticks(config.consensus.heartbeatInterval)
         let replicaConfiguration = ReplicaConfiguration(
@@ -162,7 +148,7 @@ public final class KimberliteNode: @unchecked Sendable {
         }
         logger.info("opened data directory", metadata: [
             "data_dir": "\(config.storage.dataDir)", "op": "\(log.count)", "applied_op": "\(appliedOp)",
-            "view": "\(superblockState.view)", "members": "\(members.map(\.nodeID))", "sync_mode": "\(config.storage.syncMode.rawValue)",
+            "view": "\(durable.record.view)", "members": "\(members.map(\.nodeID))", "sync_mode": "\(config.storage.syncMode.rawValue)",
         ])
     }
 

@@ -105,12 +105,6 @@ final class ReplicaDriver: @unchecked Sendable {
         // Group commit: one fsync for everything this batch appended.
         if journal.lastOp > replica.durableOp {
             syncJournal()
-            if !superblockState.logStarted {
-                // Once, before the first prepare_ok: from now on an empty
-                // journal here means lost entries, not a new replica.
-                superblockState.logStarted = true
-                writeSuperblock()
-            }
             perform(replica.handle(.persisted(throughOp: journal.lastOp)))
         }
         persistCommitHintIfDue()
@@ -122,23 +116,14 @@ final class ReplicaDriver: @unchecked Sendable {
             switch action {
             case .send(let message, let to):
                 transport.send(.vsr(message), to: to)
-            case .persistViewState(let view, let logView):
-                // The superblock vouches for the log (log view): the entries
-                // it vouches for must be durable first.
+            case .persistDurable(let record):
+                // The record vouches for the log (log view): the entries it
+                // vouches for must be durable first.
                 syncJournal()
-                superblockState.view = view
-                superblockState.logView = logView
-                // A lower bound: never lowered (a recovering replica's commit
-                // number restarts below what was committed).
-                superblockState.commitNumber = max(superblockState.commitNumber, replica.commitNumber)
+                superblockState.record = record
                 writeSuperblock()
             case .truncateLog(let after):
                 do { try journal.truncate(after: after) } catch { fatal("journal truncate failed: \(error)") }
-                if after == 0, superblockState.logStarted {
-                    // Emptied by the protocol, not lost: restart as a member with an empty log.
-                    superblockState.logStarted = false
-                    writeSuperblock()
-                }
             case .append(let entries):
                 do {
                     try journal.append(entries)
@@ -188,10 +173,11 @@ final class ReplicaDriver: @unchecked Sendable {
     /// refreshing it once a second bounds the re-apply work without an
     /// fsync per commit.
     private func persistCommitHintIfDue() {
-        guard replica.commitNumber > superblockState.commitNumber,
+        let record = replica.durableRecord
+        guard record.commitNumber > superblockState.commitNumber,
               ContinuousClock.now - lastSuperblockCommitWrite > .seconds(1) else { return }
         lastSuperblockCommitWrite = .now
-        superblockState.commitNumber = replica.commitNumber
+        superblockState.record = record
         writeSuperblock()
     }
 
@@ -235,16 +221,8 @@ final class ReplicaDriver: @unchecked Sendable {
         case .staleMessage(let name, let view, let from):
             logger.trace("ignored message from an older view", metadata: ["message": "\(name)", "message_view": "\(view)", "peer": "\(from)"])
         case .recovered(let view, let op):
-            syncJournal()
-            superblockState.recovering = false
-            superblockState.recoveryTarget = 0
-            superblockState.formed = true
-            superblockState.commitNumber = max(superblockState.commitNumber, replica.commitNumber)
-            writeSuperblock()
             logger.notice("Recovering complete: the log is whole again; taking part in the cluster", metadata: ["view": "\(view)", "op": "\(op)"])
         case .formed:
-            superblockState.formed = true
-            writeSuperblock()
             logger.notice("cluster formed: every other member reported an empty log; joining with an empty log",
                           metadata: ["members": "\(replica.configuration.members.count)"])
         case .awaitingFormation(let fresh, let needed):

@@ -202,7 +202,7 @@ final class Cluster: @unchecked Sendable {
 
     // MARK: - HTTP
 
-    struct HTTPReply {
+    struct HTTPReply: @unchecked Sendable {
         let status: Int
         let body: [String: Any]
         let text: String

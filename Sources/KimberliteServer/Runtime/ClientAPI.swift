@@ -50,15 +50,6 @@ private struct QueryReply: Encodable {
     enum CodingKeys: String, CodingKey { case columns, rows, appliedOp = "applied_op" }
 }
 
-private struct ErrorReply: Encodable {
-    struct Body: Encodable {
-        var code: String
-        var message: String
-        var op: OpNumber?
-    }
-    var error: Body
-}
-
 /// The client API (port 7000) as plain functions from request bytes to a
 /// response, so the HTTP server and forwarded requests share one path.
 final class ClientAPI: @unchecked Sendable {
@@ -116,32 +107,32 @@ final class ClientAPI: @unchecked Sendable {
 
     private func executeInner(body: [UInt8], forwarded: Bool) async -> APIResponse {
         guard body.count <= limits.maxBatchSize else {
-            return error(413, "too_large", "request body of \(body.count) bytes exceeds max_batch_size (\(limits.maxBatchSize) bytes)")
+            return error(.tooLarge, "request body of \(body.count) bytes exceeds max_batch_size (\(limits.maxBatchSize) bytes)")
         }
         let request: ExecuteRequest
         do {
             request = try JSONDecoder().decode(ExecuteRequest.self, from: Data(body))
         } catch {
-            return self.error(400, "invalid_request", "malformed execute request: \(Self.describe(error))")
+            return self.error(.invalidRequest, "malformed execute request: \(Self.describe(error))")
         }
-        guard !request.statements.isEmpty else { return error(400, "invalid_request", "statements is empty") }
+        guard !request.statements.isEmpty else { return error(.invalidRequest, "statements is empty") }
         if (request.clientID == nil) != (request.requestNumber == nil) {
-            return error(400, "invalid_request", "client_id and request_number go together")
+            return error(.invalidRequest, "client_id and request_number go together")
         }
         if let clientID = request.clientID, clientID.utf8.count > 256 || clientID.isEmpty {
-            return error(400, "invalid_request", "client_id must be 1 to 256 bytes")
+            return error(.invalidRequest, "client_id must be 1 to 256 bytes")
         }
         let batch = WriteBatch(statements: request.statements.map { SQLStatement(sql: $0.sql, params: $0.params ?? []) })
         for (index, statement) in batch.statements.enumerated() {
             let size = WriteBatch(statements: [statement]).encode().count
             if size > limits.maxRecordSize {
-                return error(413, "too_large", "statement \(index) is \(size) bytes, over max_record_size (\(limits.maxRecordSize) bytes)")
+                return error(.tooLarge, "statement \(index) is \(size) bytes, over max_record_size (\(limits.maxRecordSize) bytes)")
             }
         }
         let snapshot = driver.snapshot
         guard snapshot.isPrimary else {
             if !forwarded, let leader = snapshot.leader {
-                return await forwarder.forward(kind: 1, body: body, to: leader, timeout: limits.requestTimeout)
+                return await forwarder.forward(kind: .execute, body: body, to: leader, timeout: limits.requestTimeout)
             }
             return noLeader()
         }
@@ -152,11 +143,11 @@ final class ClientAPI: @unchecked Sendable {
             if let last = projection.lastSession(clientID: clientID) {
                 if number == last.requestNumber { return reply(op: last.lastOp, outcome: last.outcome) }
                 if number < last.requestNumber {
-                    return error(409, "stale_request", "request_number \(number) is lower than the session's last (\(last.requestNumber))")
+                    return error(.staleRequest, "request_number \(number) is lower than the session's last (\(last.requestNumber))")
                 }
             } else if (try? projection.isEvicted(clientID: clientID)) == true {
                 // Refused at apply anyway; a client retrying in a loop must not fill the log.
-                return error(409, "session_expired", "the session was evicted from the client table; start a new client_id")
+                return error(.sessionExpired, "the session was evicted from the client table; start a new client_id")
             }
         }
         do {
@@ -164,11 +155,11 @@ final class ClientAPI: @unchecked Sendable {
         } catch let failure as ProjectionError {
             return projectionError(failure)
         } catch {
-            return self.error(400, "invalid_sql", "\(error)")
+            return self.error(.invalidSQL, "\(error)")
         }
         let payload = batch.encode()
         if let shortage = diskShortage(adding: payload.count) {
-            return error(507, "disk_full", shortage)
+            return error(.diskFull, shortage)
         }
         let id = registry.makeID()
         let result = await registry.write(id: id, timeout: limits.requestTimeout) {
@@ -180,15 +171,15 @@ final class ClientAPI: @unchecked Sendable {
         case .rejected(.notPrimary):
             return noLeader()
         case .rejected(.overloaded(let queued)):
-            return error(503, "overloaded", "the leader's write queue is full (\(queued) requests waiting for a quorum); not accepted, retry later")
+            return error(.overloaded, "the leader's write queue is full (\(queued) requests waiting for a quorum); not accepted, retry later")
         case .rejected(.inProgress(let outstanding)):
-            return error(409, "request_in_progress", "the session already has request \(outstanding) outstanding")
+            return error(.requestInProgress, "the session already has request \(outstanding) outstanding")
         case .rejected(.stale(let last)):
-            return error(409, "stale_request", "request_number is lower than the session's last (\(last))")
+            return error(.staleRequest, "request_number is lower than the session's last (\(last))")
         case .timedOut(let op):
-            return error(504, "outcome_unknown", "no answer within request_timeout; retry with the same request_number", op: op)
+            return error(.outcomeUnknown, "no answer within request_timeout; retry with the same request_number", op: op)
         case .replaced(let op):
-            return error(504, "outcome_unknown", "a view change replaced op \(op); retry with the same request_number", op: op)
+            return error(.outcomeUnknown, "a view change replaced op \(op); retry with the same request_number", op: op)
         }
     }
 
@@ -198,13 +189,13 @@ final class ClientAPI: @unchecked Sendable {
             let body = ExecuteReply(op: op ?? 0, results: results.map { .init(rowsAffected: $0.rowsAffected, lastInsertRowID: $0.lastInsertRowID) })
             return APIResponse(status: 200, body: Self.encode(body))
         case .failed(let message):
-            return error(409, "apply_failed", message, op: op)
+            return error(.applyFailed, message, op: op)
         case .duplicate(let recorded, let originalOp):
             return reply(op: originalOp, outcome: recorded)
         case .stale(let last):
-            return error(409, "stale_request", "request_number is lower than the session's last (\(last))", op: op)
+            return error(.staleRequest, "request_number is lower than the session's last (\(last))", op: op)
         case .sessionExpired:
-            return error(409, "session_expired", "the session was evicted from the client table; start a new client_id", op: op)
+            return error(.sessionExpired, "the session was evicted from the client table; start a new client_id", op: op)
         }
     }
 
@@ -230,13 +221,13 @@ final class ClientAPI: @unchecked Sendable {
 
     private func queryInner(body: [UInt8], forwarded: Bool) async -> APIResponse {
         guard body.count <= limits.maxBatchSize else {
-            return error(413, "too_large", "request body of \(body.count) bytes exceeds max_batch_size (\(limits.maxBatchSize) bytes)")
+            return error(.tooLarge, "request body of \(body.count) bytes exceeds max_batch_size (\(limits.maxBatchSize) bytes)")
         }
         let request: QueryRequest
         do {
             request = try JSONDecoder().decode(QueryRequest.self, from: Data(body))
         } catch {
-            return self.error(400, "invalid_request", "malformed query request: \(Self.describe(error))")
+            return self.error(.invalidRequest, "malformed query request: \(Self.describe(error))")
         }
         switch request.consistency ?? "strong" {
         case "stale":
@@ -245,7 +236,7 @@ final class ClientAPI: @unchecked Sendable {
             let snapshot = driver.snapshot
             guard snapshot.isPrimary else {
                 if !forwarded, let leader = snapshot.leader {
-                    return await forwarder.forward(kind: 2, body: body, to: leader, timeout: limits.requestTimeout)
+                    return await forwarder.forward(kind: .query, body: body, to: leader, timeout: limits.requestTimeout)
                 }
                 return noLeader()
             }
@@ -256,10 +247,10 @@ final class ClientAPI: @unchecked Sendable {
             switch result {
             case .ready: return runQuery(request)
             case .failed: return noLeader()
-            case .timedOut: return error(503, "no_leader", "No leader elected: leadership could not be confirmed within request_timeout")
+            case .timedOut: return APIError.noLeader("leadership could not be confirmed within request_timeout").response
             }
         case let other:
-            return error(400, "invalid_request", "consistency must be \"strong\" or \"stale\", not \"\(other)\"")
+            return error(.invalidRequest, "consistency must be \"strong\" or \"stale\", not \"\(other)\"")
         }
     }
 
@@ -272,7 +263,7 @@ final class ClientAPI: @unchecked Sendable {
         } catch let failure as ProjectionError {
             response = projectionError(failure)
         } catch {
-            response = self.error(400, "invalid_sql", "\(error)")
+            response = self.error(.invalidSQL, "\(error)")
         }
         let elapsed = ContinuousClock.now - started
         if elapsed >= limits.slowQueryThreshold {
@@ -287,19 +278,17 @@ final class ClientAPI: @unchecked Sendable {
 
     private func projectionError(_ failure: ProjectionError) -> APIResponse {
         switch failure {
-        case .nondeterministic: return error(400, "nondeterministic_sql", failure.description)
-        case .notReadOnly: return error(400, "not_read_only", failure.description)
-        case .tooManyRows: return error(400, "too_many_rows", failure.description)
-        default: return error(400, "invalid_sql", failure.description)
+        case .nondeterministic: return error(.nondeterministicSQL, failure.description)
+        case .notReadOnly: return error(.notReadOnly, failure.description)
+        case .tooManyRows: return error(.tooManyRows, failure.description)
+        default: return error(.invalidSQL, failure.description)
         }
     }
 
-    private func noLeader() -> APIResponse {
-        error(503, "no_leader", "No leader elected")
-    }
+    private func noLeader() -> APIResponse { APIError.noLeader().response }
 
-    private func error(_ status: Int, _ code: String, _ message: String, op: OpNumber? = nil) -> APIResponse {
-        APIResponse(status: status, body: Self.encode(ErrorReply(error: .init(code: code, message: message, op: op))))
+    private func error(_ code: APIError.Code, _ message: String, op: OpNumber? = nil) -> APIResponse {
+        APIError(code, message, op: op).response
     }
 
     static func encode(_ value: some Encodable) -> [UInt8] {
@@ -328,40 +317,72 @@ extension Duration {
 }
 
 /// Sends client requests to the leader over the cluster connection and
-/// waits for its answer.
+/// waits for its answer. A request is answered at once when its leader is
+/// lost (the link to it drops, or this node's replica no longer follows it:
+/// a view change started), instead of after `request_timeout`: a write then
+/// gets 504 `outcome_unknown` (the leader may have logged it; the client
+/// retries with the same request number), a read 503 `no_leader`.
+/// Deadlines are checked on the node's tick, not with a timer per request.
 final class Forwarder: @unchecked Sendable {
+    private struct Waiter {
+        var continuation: CheckedContinuation<APIResponse, Never>
+        var kind: ForwardKind
+        var leader: NodeID
+        var deadline: ContinuousClock.Instant
+    }
+
     private let lock = NSLock()
-    private var waiting: [UInt64: CheckedContinuation<APIResponse, Never>] = [:]
+    private var waiting: [UInt64: Waiter] = [:]
     private var nextID: UInt64 = 1
     var transport: ClusterTransport!
 
-    func forward(kind: UInt8, body: [UInt8], to leader: NodeID, timeout: Duration) async -> APIResponse {
+    /// Forwards `body` to `leader`; answers with the leader's response, or an
+    /// error when the leader is lost or `timeout` passes first.
+    func forward(kind: ForwardKind, body: [UInt8], to leader: NodeID, timeout: Duration) async -> APIResponse {
         await withCheckedContinuation { continuation in
             lock.lock()
             let id = nextID
             nextID += 1
-            waiting[id] = continuation
+            waiting[id] = Waiter(continuation: continuation, kind: kind, leader: leader, deadline: .now + timeout)
             lock.unlock()
             guard transport.send(.forward(id: id, kind: kind, body: body), to: leader) else {
                 // Not connected to the leader: the request surely was not accepted.
-                let body = #"{"error":{"code":"no_leader","message":"No leader elected: the leader is not reachable from this node"}}"#
-                complete(id, APIResponse(status: 503, body: Array(body.utf8)))
+                complete(id, APIError.noLeader("leader \(leader) is not reachable from this node").response)
                 return
-            }
-            DispatchQueue.global().asyncAfter(deadline: .now() + timeout.timeInterval) { [self] in
-                // A write may or may not have reached the leader: outcome unknown.
-                let message = kind == 1
-                    ? #"{"error":{"code":"outcome_unknown","message":"no answer from the leader within request_timeout; retry with the same request_number"}}"#
-                    : #"{"error":{"code":"no_leader","message":"No leader elected: the leader did not answer within request_timeout"}}"#
-                complete(id, APIResponse(status: kind == 1 ? 504 : 503, body: Array(message.utf8)))
             }
         }
     }
 
     func complete(_ id: UInt64, _ response: APIResponse) {
         lock.lock()
-        let continuation = waiting.removeValue(forKey: id)
+        let waiter = waiting.removeValue(forKey: id)
         lock.unlock()
-        continuation?.resume(returning: response)
+        waiter?.continuation.resume(returning: response)
+    }
+
+    /// The connection to `peer` closed: every request waiting on it as the leader is answered now.
+    func linkLost(to peer: NodeID) {
+        answer(where: { $0.leader == peer }, reason: "the connection to leader \(peer) closed before it answered")
+    }
+
+    /// Called on each tick with the leader this node's replica follows:
+    /// answers requests waiting on any other node (a view change started or
+    /// ended elsewhere), and those past their deadline.
+    func sweep(currentLeader: NodeID?, now: ContinuousClock.Instant = .now) {
+        answer(where: { $0.leader != currentLeader }, reason: "leader changed before it answered (a view change started)")
+        answer(where: { $0.deadline <= now }, reason: "no answer from the leader within request_timeout")
+    }
+
+    private func answer(where lost: (Waiter) -> Bool, reason: String) {
+        lock.lock()
+        let ids = waiting.compactMap { lost($0.value) ? $0.key : nil }
+        let lostWaiters = ids.compactMap { waiting.removeValue(forKey: $0) }
+        lock.unlock()
+        for waiter in lostWaiters {
+            let error = waiter.kind == .execute
+                ? APIError(.outcomeUnknown, "\(reason); the write may or may not have been applied: retry with the same request_number")
+                : APIError.noLeader(reason)
+            waiter.continuation.resume(returning: error.response)
+        }
     }
 }

@@ -49,6 +49,8 @@ final class ClusterTransport: @unchecked Sendable {
     private let isLeader: @Sendable () -> Bool
     private let state = NIOLockedValueBox(TransportState())
     private var serverChannel: Channel?
+    /// Called (on an event loop) when the outbound connection to a peer closes.
+    var onPeerLost: (@Sendable (NodeID) -> Void)?
 
     private struct TransportState {
         var outbound: [NodeID: Channel] = [:]
@@ -188,6 +190,7 @@ final class ClusterTransport: @unchecked Sendable {
             if state.outbound[node] === channel { state.outbound[node] = nil }
             state.peers[node, default: PeerView()].connected = false
         }
+        onPeerLost?(node)
     }
 
     fileprivate func rejected(by node: NodeID, reason: String, isLeader: Bool) {

@@ -14,8 +14,8 @@ enum Envelope: Sendable, Equatable {
     case ping(sentAt: Int64)
     /// Answers a ping: the ping's `sentAt` and the responder's wall clock.
     case pong(echo: Int64, responderTime: Int64)
-    /// A client request a follower forwards to the leader. `kind` 1 = execute, 2 = query.
-    case forward(id: UInt64, kind: UInt8, body: [UInt8])
+    /// A client request a follower forwards to the leader.
+    case forward(id: UInt64, kind: ForwardKind, body: [UInt8])
     /// The leader's HTTP status and JSON body for a forwarded request.
     case forwardReply(id: UInt64, status: UInt16, body: [UInt8])
 
@@ -47,7 +47,7 @@ enum Envelope: Sendable, Equatable {
         case .pong(let echo, let responderTime):
             writer.write(UInt8(5)); writer.write(echo); writer.write(responderTime)
         case .forward(let id, let kind, let body):
-            writer.write(UInt8(6)); writer.write(id); writer.write(kind); writer.writeBlob(body)
+            writer.write(UInt8(6)); writer.write(id); writer.write(kind.rawValue); writer.writeBlob(body)
         case .forwardReply(let id, let status, let body):
             writer.write(UInt8(7)); writer.write(id); writer.write(status); writer.writeBlob(body)
         }
@@ -67,13 +67,25 @@ enum Envelope: Sendable, Equatable {
         case 3: envelope = .vsr(try Message.decode(from: &reader))
         case 4: envelope = .ping(sentAt: try reader.read())
         case 5: envelope = .pong(echo: try reader.read(), responderTime: try reader.read())
-        case 6: envelope = .forward(id: try reader.read(), kind: try reader.read(), body: try reader.readBlob())
+        case 6:
+            let id: UInt64 = try reader.read()
+            let rawKind: UInt8 = try reader.read()
+            guard let kind = ForwardKind(rawValue: rawKind) else { throw DecodeError.invalid("forwarded request kind \(rawKind)") }
+            envelope = .forward(id: id, kind: kind, body: try reader.readBlob())
         case 7: envelope = .forwardReply(id: try reader.read(), status: try reader.read(), body: try reader.readBlob())
         default: throw DecodeError.invalid("envelope tag \(tag)")
         }
         guard reader.isAtEnd else { throw DecodeError.invalid("\(reader.remaining) trailing bytes after envelope") }
         return envelope
     }
+}
+
+/// The client request a follower forwards to the leader (its wire value).
+enum ForwardKind: UInt8, Sendable, Equatable {
+    /// `POST /v1/execute`
+    case execute = 1
+    /// `POST /v1/query` with strong consistency
+    case query = 2
 }
 
 /// Splits the byte stream into length-prefixed frames and refuses a length

@@ -15,18 +15,18 @@ public final class KimberliteNode: @unchecked Sendable {
     /// The replica's clock: one tick every 10 ms.
     static let tickInterval = Duration.milliseconds(10)
 
-    private let config: ServerConfig
-    private let logger: Logger
-    private let members: [ClusterMember]
-    private let dataDirectory: DataDirectory
-    private let projection: Projection
-    private let journal: Journal
-    private let registry = RequestRegistry()
-    private let metrics: NodeMetrics
-    private let transport: ClusterTransport
-    private let driver: ReplicaDriver
-    private let applier: ApplyEngine
-    private let api: ClientAPI
+    let config: ServerConfig
+    let logger: Logger
+    let members: [ClusterMember]
+    let dataDirectory: DataDirectory
+    let projection: Projection
+    let journal: Journal
+    let registry = RequestRegistry()
+    let metrics: NodeMetrics
+    let transport: ClusterTransport
+    let driver: ReplicaDriver
+    let applier: ApplyEngine
+    let api: ClientAPI
     private let group: MultiThreadedEventLoopGroup
     private var timer: DispatchSourceTimer?
     private let startedAt = ContinuousClock.now
@@ -54,46 +54,13 @@ public final class KimberliteNode: @unchecked Sendable {
         }
         metrics = NodeMetrics(peers: members.map(\.nodeID).filter { $0 != selfID })
 
-        dataDirectory = try DataDirectory(path: config.storage.dataDir)
-        let superblock = try dataDirectory.openSuperblock()
-        let stored = try superblock.read()
-        if let stored, stored.clusterName != config.server.clusterName || stored.nodeID != selfID {
-            throw NodeStartError.foreignDataDirectory(
-                path: config.storage.dataDir,
-                detail: "it belongs to node \(stored.nodeID) of cluster \"\(stored.clusterName)\", this is node \(selfID) of cluster \"\(config.server.clusterName)\"")
-        }
-
-        journal = try dataDirectory.openJournal(segmentSize: config.storage.segmentSize,
-                                                syncMode: KimberliteStorage.SyncMode(rawValue: config.storage.syncMode.rawValue) ?? .fsync,
-                                                logger: layer("storage"))
-        journal.slowFsyncThreshold = config.logging.slowFsyncThreshold
-        let journalLostEntries = journal.recovery.corruption != nil
-        if let corruption = journal.recovery.corruption {
-            logger.error("Checksum mismatch: corrupt journal segment; quarantining it and recovering the lost entries from peers",
-                         metadata: ["segment": "\(corruption.segment)", "offset": "\(corruption.offset)", "op": "\(corruption.op)"])
-            try journal.quarantineCorruption()
-        }
-        let log = try journal.loadAll()
-        projection = try Projection(directory: dataDirectory.projectionsDirectory, logger: layer("projection"))
+        let storage = try NodeStorage.open(config: config, members: members.map(\.nodeID), logger: logger, layer: layer)
+        dataDirectory = storage.dataDirectory
+        journal = storage.journal
+        projection = storage.projection
+        let durable = storage.durable
         let appliedOp = projection.appliedOp
         registry.setApplied(appliedOp)
-
-        let start = Startup.decide(stored: stored?.record, members: members.map(\.nodeID), log: log, appliedOp: appliedOp,
-                                   journalLostEntries: journalLostEntries)
-        let durable = start.durable
-        for finding in start.findings {
-            switch finding {
-            case .recovering(let journalOp, let committedOp):
-                logger.warning("Recovering: the journal holds fewer ops than were committed; fetching them from the leader before taking part again",
-                               metadata: ["journal_op": "\(journalOp)", "committed_op": "\(committedOp)"])
-            case .notJoined(let journalOp):
-                logger.notice("this data directory has not joined the cluster yet: it starts the cluster when every other member reports an empty data directory too, or recovers from the leader",
-                              metadata: ["journal_op": "\(journalOp)", "members": "\(durable.record.members.count)"])
-            }
-        }
-        // One write for everything start-up decided, before the replica acts on it.
-        let superblockState = SuperblockState(clusterName: config.server.clusterName, nodeID: selfID, record: durable.record)
-        if superblockState != stored { try superblock.write(superblockState) }
         let ticks = { (duration: Duration) in max(1, Int((duration / Self.tickInterval).rounded(.up))) }
         let heartbeatTicks = ticks(config.consensus.heartbeatInterval)
         let replicaConfiguration = ReplicaConfiguration(
@@ -127,8 +94,10 @@ public final class KimberliteNode: @unchecked Sendable {
                     driverBox.driver?.submit(.event(.message(message, from: from)))
                 case .forward(let id, let kind, let body):
                     Task {
-                        let response = kind == 1 ? await api.execute(body: body, forwarded: true)
-                            : await api.query(body: body, forwarded: true)
+                        let response = switch kind {
+                        case .execute: await api.execute(body: body, forwarded: true)
+                        case .query: await api.query(body: body, forwarded: true)
+                        }
                         forwarder.transport.send(.forwardReply(id: id, status: UInt16(response.status), body: response.body), to: from)
                     }
                 case .forwardReply(let id, let status, let body):
@@ -138,7 +107,8 @@ public final class KimberliteNode: @unchecked Sendable {
                 }
             })
         forwarder.transport = transport
-        driver = ReplicaDriver(replica: replica, journal: journal, superblock: superblock, superblockState: superblockState,
+        transport.onPeerLost = { peer in forwarder.linkLost(to: peer) }
+        driver = ReplicaDriver(replica: replica, journal: journal, superblock: storage.superblock, superblockState: storage.superblockState,
                                transport: transport, registry: registry, applier: applier, appliedOp: appliedOp,
                                logger: layer("vsr"), metrics: metrics)
         driverBox.driver = driver
@@ -147,7 +117,7 @@ public final class KimberliteNode: @unchecked Sendable {
             logger.warning("configuration key is accepted but not in effect yet", metadata: ["key": "\(key)"])
         }
         logger.info("opened data directory", metadata: [
-            "data_dir": "\(config.storage.dataDir)", "op": "\(log.count)", "applied_op": "\(appliedOp)",
+            "data_dir": "\(config.storage.dataDir)", "op": "\(durable.log.count)", "applied_op": "\(appliedOp)",
             "view": "\(durable.record.view)", "members": "\(members.map(\.nodeID))", "sync_mode": "\(config.storage.syncMode.rawValue)",
         ])
     }
@@ -206,6 +176,7 @@ public final class KimberliteNode: @unchecked Sendable {
         let heartbeatEvery = max(1, Int(config.consensus.heartbeatInterval.milliseconds) / interval)
         timer.setEventHandler { [self] in
             driver.submit(.event(.tick))
+            api.forwarder.sweep(currentLeader: driver.snapshot.leader)
             count += 1
             if count % heartbeatEvery == 0 {
                 transport.maintainConnections(silentAfter: max(config.consensus.electionTimeoutMax * 4, .seconds(2)))
@@ -216,106 +187,6 @@ public final class KimberliteNode: @unchecked Sendable {
         }
         timer.resume()
         self.timer = timer
-    }
-
-    private func updateGauges() {
-        let snapshot = driver.snapshot
-        let applied = projection.appliedOp
-        metrics.view.record(Double(snapshot.view))
-        metrics.leader.record(Double(snapshot.leader ?? 0))
-        metrics.projectionLag.record(Double(snapshot.commit > applied ? snapshot.commit - applied : 0))
-        metrics.clockOffset.record((clockOffsetMs(snapshot) ?? 0) / 1000)
-        for (peer, view) in transport.snapshot() { metrics.peerConnected(peer, view.connected) }
-    }
-
-    /// This node's clock minus the leader's, in ms (null without a leader).
-    private func clockOffsetMs(_ snapshot: ReplicaSnapshot) -> Double? {
-        guard let leader = snapshot.leader else { return nil }
-        if leader == config.server.nodeID { return 0 }
-        // The transport measures the peer's clock minus ours.
-        return transport.snapshot()[leader]?.clockOffsetSeconds.map { -$0 * 1000 }
-    }
-
-    // MARK: - HTTP
-
-    private func clientRouter() -> Router<BasicRequestContext> {
-        let router = Router()
-        let api = self.api
-        let limit = config.limits.maxBatchSize
-        router.post("/v1/execute") { request, _ -> Response in
-            guard let body = try? await request.body.collect(upTo: limit + 1) else {
-                return Self.json(413, Array(#"{"error":{"code":"too_large","message":"request body exceeds max_batch_size"}}"#.utf8))
-            }
-            let response = await api.execute(body: Array(buffer: body), forwarded: false)
-            return Self.json(response.status, response.body)
-        }
-        router.post("/v1/query") { request, _ -> Response in
-            guard let body = try? await request.body.collect(upTo: limit + 1) else {
-                return Self.json(413, Array(#"{"error":{"code":"too_large","message":"request body exceeds max_batch_size"}}"#.utf8))
-            }
-            let response = await api.query(body: Array(buffer: body), forwarded: false)
-            return Self.json(response.status, response.body)
-        }
-        return router
-    }
-
-    private func operationsRouter() -> Router<BasicRequestContext> {
-        let router = Router()
-        router.get("/status") { [self] _, _ -> Response in
-            Self.json(200, ClientAPI.encode(status()))
-        }
-        router.get("/metrics") { [self] _, _ -> Response in
-            updateGauges()
-            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                            body: .init(byteBuffer: ByteBuffer(bytes: metrics.exposition())))
-        }
-        router.get("/health/live") { _, _ -> Response in
-            Self.json(200, Array(#"{"status":"live"}"#.utf8))
-        }
-        router.get("/health/ready") { [self] _, _ -> Response in
-            let snapshot = driver.snapshot
-            let ready = snapshot.status == .normal && snapshot.leader != nil
-            let body = #"{"ready":\#(ready),"status":"\#(snapshot.status.rawValue)","leader_id":\#(snapshot.leader ?? 0)}"#
-            return Self.json(ready ? 200 : 503, Array(body.utf8))
-        }
-        return router
-    }
-
-    static func json(_ status: Int, _ body: [UInt8]) -> Response {
-        Response(status: .init(code: status), headers: [.contentType: "application/json"],
-                 body: .init(byteBuffer: ByteBuffer(bytes: body)))
-    }
-
-    /// Builds `/status` from measured state.
-    func status() -> StatusReport {
-        let snapshot = driver.snapshot
-        let peers = transport.snapshot()
-        let window = config.consensus.electionTimeoutMax
-        let now = NIODeadline.now()
-        var healthy = 0
-        let memberReports = members.map { member -> StatusReport.Member in
-            if member.nodeID == config.server.nodeID {
-                healthy += 1
-                return .init(nodeID: member.nodeID, clusterAddress: member.address,
-                             clientAddress: ClusterTransport.resolveWildcard("\(config.server.bindAddress)", host: member.host),
-                             metricsAddress: ClusterTransport.resolveWildcard("\(config.telemetry.metricsAddress)", host: member.host),
-                             state: "up", lastSeenMs: 0)
-            }
-            let peer = peers[member.nodeID]
-            let sinceMs = peer?.lastSeen.map { Int((now - $0).nanoseconds / 1_000_000) }
-            let up = sinceMs.map { Double($0) <= window.milliseconds } ?? false
-            if up { healthy += 1 }
-            return .init(nodeID: member.nodeID, clusterAddress: member.address, clientAddress: peer?.clientAddress,
-                         metricsAddress: peer?.metricsAddress, state: up ? "up" : "down", lastSeenMs: sinceMs)
-        }
-        let applied = projection.appliedOp
-        return StatusReport(
-            nodeID: config.server.nodeID, clusterName: config.server.clusterName, version: Self.version,
-            status: snapshot.status.rawValue, view: snapshot.view, opNumber: snapshot.op, commitNumber: snapshot.commit,
-            isLeader: snapshot.isPrimary, leaderID: snapshot.leader ?? 0, clusterSize: members.count,
-            healthyReplicas: healthy, clusterMembers: memberReports,
-            projection: .init(appliedOp: applied, lag: snapshot.commit > applied ? snapshot.commit - applied : 0),
-            clockOffsetMs: clockOffsetMs(snapshot))
     }
 }
 

@@ -1,0 +1,55 @@
+import KimberliteCore
+import NIOCore
+
+/// What the node reports about itself: `/status` and the gauges of `/metrics`.
+extension KimberliteNode {
+    /// Builds `/status` from measured state.
+    func status() -> StatusReport {
+        let snapshot = driver.snapshot
+        let peers = transport.snapshot()
+        let window = config.consensus.electionTimeoutMax
+        let now = NIODeadline.now()
+        var healthy = 0
+        let memberReports = members.map { member -> StatusReport.Member in
+            if member.nodeID == config.server.nodeID {
+                healthy += 1
+                return .init(nodeID: member.nodeID, clusterAddress: member.address,
+                             clientAddress: ClusterTransport.resolveWildcard("\(config.server.bindAddress)", host: member.host),
+                             metricsAddress: ClusterTransport.resolveWildcard("\(config.telemetry.metricsAddress)", host: member.host),
+                             state: "up", lastSeenMs: 0)
+            }
+            let peer = peers[member.nodeID]
+            let sinceMs = peer?.lastSeen.map { Int((now - $0).nanoseconds / 1_000_000) }
+            let up = sinceMs.map { Double($0) <= window.milliseconds } ?? false
+            if up { healthy += 1 }
+            return .init(nodeID: member.nodeID, clusterAddress: member.address, clientAddress: peer?.clientAddress,
+                         metricsAddress: peer?.metricsAddress, state: up ? "up" : "down", lastSeenMs: sinceMs)
+        }
+        let applied = projection.appliedOp
+        return StatusReport(
+            nodeID: config.server.nodeID, clusterName: config.server.clusterName, version: Self.version,
+            status: snapshot.status.rawValue, view: snapshot.view, opNumber: snapshot.op, commitNumber: snapshot.commit,
+            isLeader: snapshot.isPrimary, leaderID: snapshot.leader ?? 0, clusterSize: members.count,
+            healthyReplicas: healthy, clusterMembers: memberReports,
+            projection: .init(appliedOp: applied, lag: snapshot.commit > applied ? snapshot.commit - applied : 0),
+            clockOffsetMs: clockOffsetMs(snapshot))
+    }
+
+    func updateGauges() {
+        let snapshot = driver.snapshot
+        let applied = projection.appliedOp
+        metrics.view.record(Double(snapshot.view))
+        metrics.leader.record(Double(snapshot.leader ?? 0))
+        metrics.projectionLag.record(Double(snapshot.commit > applied ? snapshot.commit - applied : 0))
+        metrics.clockOffset.record((clockOffsetMs(snapshot) ?? 0) / 1000)
+        for (peer, view) in transport.snapshot() { metrics.peerConnected(peer, view.connected) }
+    }
+
+    /// This node's clock minus the leader's, in ms (null without a leader).
+    func clockOffsetMs(_ snapshot: ReplicaSnapshot) -> Double? {
+        guard let leader = snapshot.leader else { return nil }
+        if leader == config.server.nodeID { return 0 }
+        // The transport measures the peer's clock minus ours.
+        return transport.snapshot()[leader]?.clockOffsetSeconds.map { -$0 * 1000 }
+    }
+}

@@ -1,0 +1,66 @@
+import KimberliteCore
+import KimberliteProjection
+import KimberliteStorage
+import Logging
+
+/// A node's storage, opened and checked: the data directory (locked), the
+/// superblock, the journal after its open-time repair, the projection, and
+/// the start-up decision (`Startup.decide`) written back to the superblock.
+struct NodeStorage {
+    var dataDirectory: DataDirectory
+    var superblock: Superblock
+    /// What the superblock holds now (after the start-up write).
+    var superblockState: SuperblockState
+    var journal: Journal
+    var projection: Projection
+    /// What the replica starts from.
+    var durable: DurableState
+
+    /// Opens and checks everything under `config.storage.dataDir`; logs what start-up found.
+    /// - Throws: `StorageError` (`.locked` → exit 75, unreadable or corrupt files),
+    ///   `NodeStartError.foreignDataDirectory`, projection errors.
+    static func open(config: ServerConfig, members: [NodeID], logger: Logger,
+                     layer: (String) -> Logger) throws -> NodeStorage {
+        let selfID = config.server.nodeID
+        let dataDirectory = try DataDirectory(path: config.storage.dataDir)
+        let superblock = try dataDirectory.openSuperblock()
+        let stored = try superblock.read()
+        if let stored, stored.clusterName != config.server.clusterName || stored.nodeID != selfID {
+            throw NodeStartError.foreignDataDirectory(
+                path: config.storage.dataDir,
+                detail: "it belongs to node \(stored.nodeID) of cluster \"\(stored.clusterName)\", this is node \(selfID) of cluster \"\(config.server.clusterName)\"")
+        }
+
+        let journal = try dataDirectory.openJournal(segmentSize: config.storage.segmentSize,
+                                                    syncMode: SyncMode(rawValue: config.storage.syncMode.rawValue) ?? .fsync,
+                                                    logger: layer("storage"))
+        journal.slowFsyncThreshold = config.logging.slowFsyncThreshold
+        let journalLostEntries = journal.recovery.corruption != nil
+        if let corruption = journal.recovery.corruption {
+            logger.error("Checksum mismatch: corrupt journal segment; quarantining it and recovering the lost entries from peers",
+                         metadata: ["segment": "\(corruption.segment)", "offset": "\(corruption.offset)", "op": "\(corruption.op)"])
+            try journal.quarantineCorruption()
+        }
+        let log = try journal.loadAll()
+        let projection = try Projection(directory: dataDirectory.projectionsDirectory, logger: layer("projection"))
+
+        let start = Startup.decide(stored: stored?.record, members: members, log: log, appliedOp: projection.appliedOp,
+                                   journalLostEntries: journalLostEntries)
+        let durable = start.durable
+        for finding in start.findings {
+            switch finding {
+            case .recovering(let journalOp, let committedOp):
+                logger.warning("Recovering: the journal holds fewer ops than were committed; fetching them from the leader before taking part again",
+                               metadata: ["journal_op": "\(journalOp)", "committed_op": "\(committedOp)"])
+            case .notJoined(let journalOp):
+                logger.notice("this data directory has not joined the cluster yet: it starts the cluster when every other member reports an empty data directory too, or recovers from the leader",
+                              metadata: ["journal_op": "\(journalOp)", "members": "\(durable.record.members.count)"])
+            }
+        }
+        // One write for everything start-up decided, before the replica acts on it.
+        let superblockState = SuperblockState(clusterName: config.server.clusterName, nodeID: selfID, record: durable.record)
+        if superblockState != stored { try superblock.write(superblockState) }
+        return NodeStorage(dataDirectory: dataDirectory, superblock: superblock, superblockState: superblockState,
+                           journal: journal, projection: projection, durable: durable)
+    }
+}

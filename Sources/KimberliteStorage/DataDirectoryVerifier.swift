@@ -145,6 +145,8 @@ public enum DataDirectoryVerifier {
                 return directoryProblem(.missingDirectory, "does not exist")
             case .file, .other:
                 return directoryProblem(.notADataDirectory, "is not a directory")
+            case .inaccessible(let code):
+                return directoryProblem(.unreadable, "cannot look it up: \(FileIO.errnoText(code))")
             case .directory:
                 break
             }

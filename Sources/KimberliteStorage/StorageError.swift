@@ -181,11 +181,17 @@ enum FileIO {
         return names.sorted()
     }
 
-    enum Kind { case missing, directory, file, other }
+    /// What is at a path. `inaccessible` is a path that cannot be looked at
+    /// (a parent directory this user may not search): it may well exist, so
+    /// it is never taken for missing.
+    enum Kind: Equatable { case missing, directory, file, other, inaccessible(errno: Int32) }
 
     static func kind(_ path: String) -> Kind {
         var info = stat()
-        guard stat(path, &info) == 0 else { return .missing }
+        guard stat(path, &info) == 0 else {
+            let code = errno
+            return code == ENOENT || code == ENOTDIR ? .missing : .inaccessible(errno: code)
+        }
         switch info.st_mode & S_IFMT {
         case S_IFDIR: return .directory
         case S_IFREG: return .file
@@ -205,6 +211,8 @@ enum FileIO {
         case .directory: return
         case .missing: break
         case .file, .other: throw StorageError.notADirectory(path: path)
+        case .inaccessible(let code):
+            throw StorageError.notWritable(path: path, reason: "cannot look it up: \(errnoText(code)) (a parent directory is not searchable by this user)")
         }
         let parent = parentDirectory(path)
         if parent != path && !parent.isEmpty { try makeDirectories(parent) }

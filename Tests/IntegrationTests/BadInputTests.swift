@@ -414,6 +414,36 @@ import Testing
         #expect(write.status == 200, "\(write.text)")
     }
 
+    /// Started as an unprivileged user (`setpriv`, as `nobody`): a data
+    /// directory behind a parent it may not search is reported as permission
+    /// denied, never as missing; a missing one it may not create says so.
+    @Test func dataDirectoryErrorsNameTheRealCauseForAnUnprivilegedUser() async throws {
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("kmb-perm-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: scratch + "/private/data", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: scratch + "/readonly", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        // The binary where `nobody` may run it, whatever the checkout's modes.
+        let binary = scratch + "/kimberlite-server"
+        try FileManager.default.copyItem(atPath: Cluster.binary, toPath: binary)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: scratch)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: binary)
+        try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: scratch + "/private")
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: scratch + "/readonly")
+        func runAsNobody(dataDir: String) async throws -> Cluster.Outcome {
+            try await Cluster.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", binary,
+                                                       "--node-id", "1", "--data-dir", dataDir], timeout: .seconds(20))
+        }
+        let hidden = try await runAsNobody(dataDir: scratch + "/private/data")
+        #expect(hidden.exited && hidden.status == 1, "\(hidden)")
+        #expect(hidden.stderr.contains(scratch + "/private/data") && hidden.stderr.contains("Permission denied"), "\(hidden.stderr)")
+        #expect(!hidden.stderr.contains("cannot create"), "an existing directory reported as missing: \(hidden.stderr)")
+        let missing = try await runAsNobody(dataDir: scratch + "/readonly/data")
+        #expect(missing.exited && missing.status == 1, "\(missing)")
+        #expect(missing.stderr.contains("cannot create it: Permission denied"), "\(missing.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: scratch + "/readonly/data"))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: scratch + "/private/data").isEmpty, "nothing created")
+    }
+
     @Test func peerFromAnotherClusterIsRefusedBothSidesLogTheReasonAndNothingChanges() async throws {
         let cluster = try await Cluster.start(nodes: 3)
         defer { cluster.shutdown() }

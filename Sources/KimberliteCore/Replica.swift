@@ -96,6 +96,10 @@ public enum ReplicaEvent: Sendable {
     case clientRequests([ClientRequest], nowMs: Int64)
     /// A strong read wants a linearizable read point.
     case readRequest(id: UInt64)
+    /// An append failed for lack of space: the journal holds the log through
+    /// `journalOp` and nothing after it (later appends of the same batch were
+    /// not attempted). The replica drops the rest from memory and recovers.
+    case appendFailed(journalOp: OpNumber)
 }
 
 /// Things worth logging and counting; the core itself cannot log.
@@ -118,6 +122,9 @@ public enum ReplicaNote: Sendable, Equatable {
     /// cluster with an empty log, in view 0 or in the view change at the
     /// highest view answered. The durable record now says `formed`.
     case formed
+    /// An append failed for lack of space; the log ends at `op` and the
+    /// replica recovers (it counts as down) until appends succeed again.
+    case diskFull(op: OpNumber)
     /// A fresh replica waits for cluster formation: `fresh` of the `needed`
     /// other members have answered that they hold nothing.
     case awaitingFormation(fresh: Int, needed: Int)
@@ -188,6 +195,12 @@ public struct Replica: Sendable {
 
     /// While recovering: the op the log must reach before this replica votes again.
     public private(set) var recoveryTarget: OpNumber = 0
+    /// The op through which `logView` vouches for this log: the log held the
+    /// view's log through it when the claim was made. A log cut below it
+    /// (a full disk) no longer backs the claim.
+    private var logViewClaimOp: OpNumber = 0
+    /// The tick of the last append refused by a full disk (nil once one succeeds).
+    private var diskFullAt: UInt64? = nil
     /// Fields of the durable record that only this replica changes (see `DurableRecord`).
     public private(set) var formed: Bool
     private var logStarted: Bool
@@ -278,6 +291,8 @@ public struct Replica: Sendable {
         self.logStarted = record.logStarted || op > 0
         self.recoveringLostEntries = record.recovering
         self.epoch = record.epoch
+        // Conservatively the whole durable log: it held at least the claim when it was persisted.
+        self.logViewClaimOp = op
         resetElectionTimer()
         if record.recovering || !formed {
             // Lost entries this replica may have acknowledged: it must not
@@ -354,6 +369,7 @@ public struct Replica: Sendable {
         case .persisted(let through): onPersisted(through)
         case .clientRequests(let requests, let nowMs): onClientRequests(requests, nowMs: nowMs)
         case .readRequest(let id): onReadRequest(id)
+        case .appendFailed(let journalOp): onAppendFailed(journalOp: journalOp)
         case .message(let message, let from):
             if configuration.members.contains(from), from != selfID { onMessage(message, from: from) }
         }
@@ -431,7 +447,7 @@ public struct Replica: Sendable {
             if recoveryNonce == 0 || now - recoveryStartedAt >= UInt64(configuration.electionTimeoutMaxTicks) * 2 {
                 startRecoveryRound()
             } else if let leader = recoveryLeader, let requested = repairRequestedAt,
-                      now - requested >= UInt64(configuration.repairRetryTicks) {
+                      now - requested >= repairRetryInterval {
                 requestRepair(from: leader, op: verifiedOp + 1)
             }
         }
@@ -456,6 +472,7 @@ public struct Replica: Sendable {
         let newDurable = min(through, op)
         guard newDurable > durableOp else { return }
         durableOp = newDurable
+        diskFullAt = nil
         if !logStarted {
             // Once, before the first prepare_ok: from now on an empty journal
             // here means lost entries, not a new replica.
@@ -473,6 +490,53 @@ public struct Replica: Sendable {
             acknowledgeIfNew()
             advanceBackupCommit(knownCommit)
         }
+    }
+
+    /// The disk is full: entries past `journalOp` never reached the journal,
+    /// and the runtime performed nothing of that action list after the
+    /// failed append but its truncations (as if its messages were lost and
+    /// its superblock writes not made). None of the dropped entries was
+    /// acknowledged or committed here (both need them durable), so they leave
+    /// memory too, and the replica counts as down meanwhile: it acknowledges
+    /// only what is durable, and retries its repairs slowly.
+    ///
+    /// Two cases need more (VRR §4.2 relies on both):
+    /// - a primary has sent prepares for the dropped ops: it must never
+    ///   prepare other entries at those op numbers in this view, so it
+    ///   starts a view change;
+    /// - a log cut below the op through which its log view vouches for it
+    ///   (say, the committed prefix a new primary had fetched) must not vote
+    ///   with that claim: the replica recovers (VRR §4.3), durably.
+    private mutating func onAppendFailed(journalOp: OpNumber) {
+        precondition(journalOp >= durableOp, "the journal keeps what was durable")
+        let lostThrough = op
+        truncate(after: min(journalOp, op))
+        diskFullAt = now
+        if status != .recovering && op < logViewClaimOp {
+            failPendingReads()
+            resetViewChangeState()
+            status = .recovering
+            recoveringLostEntries = true
+            recoveryNonce = 0
+            recoveryLeader = nil
+            repairRequestedAt = nil
+            verifiedOp = min(verifiedOp, commitNumber)
+        } else if status == .normal && isPrimary {
+            startViewChange(to: view + 1)
+        }
+        if recoveringLostEntries { recoveryTarget = max(recoveryTarget, lostThrough) }
+        // Whatever the runtime skipped (view, log view) is written now.
+        persistDurableRecord()
+        emit(.note(.diskFull(op: op)))
+    }
+
+    /// While appends fail for lack of space, repairs are retried once per
+    /// two election timeouts instead of every `repairRetryTicks`.
+    private var repairRetryInterval: UInt64 {
+        if let diskFullAt, now - diskFullAt < UInt64(configuration.electionTimeoutMaxTicks) * 2 {
+            return UInt64(configuration.electionTimeoutMaxTicks) * 2
+        }
+        return UInt64(configuration.repairRetryTicks)
     }
 
     /// Backup: send prepare_ok for what is durable and verified (§4.1 step 4).
@@ -900,6 +964,7 @@ public struct Replica: Sendable {
         guard primaryOp >= commitNumber else { return }  // a stale message; wait for a fresher one
         truncate(after: primaryOp)
         logView = view
+        logViewClaimOp = op
         persistDurableRecord()
     }
 
@@ -952,7 +1017,7 @@ public struct Replica: Sendable {
     }
 
     private mutating func retryRepairIfDue() {
-        guard let requested = repairRequestedAt, now - requested >= UInt64(configuration.repairRetryTicks),
+        guard let requested = repairRequestedAt, now - requested >= repairRetryInterval,
               status == .normal || primary(of: view) != selfID else { return }
         repairRequestedAt = nil
         requestRepair(from: primary(of: view), op: verifiedOp + 1)
@@ -1146,6 +1211,7 @@ public struct Replica: Sendable {
         knownCommit = max(knownCommit, newCommit)
         status = .normal
         logView = view
+        logViewClaimOp = op
         verifiedOp = op
         persistDurableRecord()
         becomePrimaryState()
@@ -1196,6 +1262,7 @@ public struct Replica: Sendable {
         if op > sv.op { truncate(after: max(sv.op, commitNumber)) }
         if sv.op == 0 {
             logView = view
+            logViewClaimOp = 0
             persistDurableRecord()
             return
         }

@@ -362,3 +362,79 @@ private extension Cluster.HTTPReply {
     /// The first column of the first row, when it is an integer.
     var firstInteger: Int? { (body["rows"] as? [[Any]])?.first?.first as? Int }
 }
+
+/// A follower whose disk fills up is a state, not an exit (no crash loop
+/// under `Restart=on-failure`): it stays up, says why on `/status` and
+/// `/health/ready`, and catches up with no restart once space is freed.
+@Suite(.serialized) struct FollowerDiskFullTests {
+    @Test func followerWithAFullDiskStaysUpSaysSoAndCatchesUpWhenSpaceIsFreed() async throws {
+        let mountPoint = FileManager.default.temporaryDirectory.appendingPathComponent("kmb-tmpfs-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: mountPoint) }
+        let mounted = try await Cluster.run("/bin/mount", ["-t", "tmpfs", "-o", "size=40m", "tmpfs", mountPoint])
+        try #require(mounted.exited && mounted.status == 0, "mount a 40 MiB tmpfs (needs root): \(mounted)")
+        defer { ErrorOutcomeTests.unmount(mountPoint) }
+
+        let cluster = try Cluster.prepare(nodes: 3)
+        defer { cluster.shutdown() }
+        // Node 3 (never the primary of view 0) keeps its data on the small file system.
+        let full = 3
+        cluster.nodes[full - 1] = Cluster.Node(id: full, clientPort: cluster.nodes[full - 1].clientPort,
+                                               clusterPort: cluster.nodes[full - 1].clusterPort,
+                                               metricsPort: cluster.nodes[full - 1].metricsPort,
+                                               dataDir: mountPoint + "/node\(full)", logFile: cluster.nodes[full - 1].logFile)
+        for id in 1...3 { try cluster.restart(id) }
+        let leader = try await cluster.waitForLeader()
+        try #require(leader != full, "node \(full) must be a follower")
+        let create = try await cluster.executeWithRetry([ErrorOutcomeTests.createTable], clientID: "setup", requestNumber: 1)
+        #expect(create.status == 200, "\(create.text)")
+        let pid = try #require(cluster.nodes[full - 1].process?.processIdentifier)
+
+        // Leave 1 MiB free, then write 16 KiB rows through the leader until node 3 says its disk is full.
+        let filler = mountPoint + "/filler"
+        let free = try #require(ErrorOutcomeTests.availableBytes(mountPoint))
+        try ErrorOutcomeTests.writeFiller(filler, bytes: max(0, free - (1 << 20)))
+        let body = String(repeating: "x", count: 16 << 10)
+        var written = 0
+        var reason: String? = nil
+        while written < 400 && reason == nil {
+            written += 1
+            let reply = try await cluster.executeWithRetry(ErrorOutcomeTests.insert("row-\(written)-" + body), clientID: "writer",
+                                                           requestNumber: written, nodes: [leader])
+            #expect(reply.status == 200, "write \(written): \(reply.text)")
+            if written % 8 == 0 { reason = await cluster.status(full)?["status_reason"] as? String }
+        }
+        try await cluster.waitUntil("node \(full) reports its disk full", timeout: .seconds(30)) {
+            reason = await cluster.status(full)?["status_reason"] as? String
+            return reason != nil
+        }
+        #expect(reason?.contains("disk full") == true, "\(reason ?? "nil")")
+        let ready = try await cluster.http(.GET, port: cluster.nodes[full - 1].metricsPort, path: "/health/ready")
+        #expect(ready.status == 503, "ready while its disk is full: \(ready.text)")
+        // The cluster goes on with the other two.
+        for n in 1...5 {
+            let reply = try await cluster.executeWithRetry(ErrorOutcomeTests.insert("meanwhile-\(n)"), clientID: "writer",
+                                                           requestNumber: written + n, nodes: [leader])
+            #expect(reply.status == 200, "\(reply.text)")
+        }
+        #expect(kill(pid, 0) == 0, "node \(full) exited on a full disk")
+        #expect(cluster.log(of: full).contains("disk full"), "no disk-full line in node \(full)'s log")
+
+        // Space freed: it catches up by itself, same process, identical rows.
+        try FileManager.default.removeItem(atPath: filler)
+        let expected = try #require(try await cluster.count("fate", on: leader, consistency: "strong"))
+        try await cluster.waitUntil("node \(full) caught up with no restart", timeout: .seconds(60)) {
+            guard let status = await cluster.status(full), status["status"] as? String == "normal",
+                  status["status_reason"] is NSNull || status["status_reason"] == nil else { return false }
+            return try await cluster.count("fate", on: full) == expected
+        }
+        #expect(kill(pid, 0) == 0 && cluster.nodes[full - 1].process?.processIdentifier == pid, "node \(full) was restarted")
+        let ok = try await cluster.http(.GET, port: cluster.nodes[full - 1].metricsPort, path: "/health/ready")
+        #expect(ok.status == 200, "\(ok.text)")
+        let digest = "SELECT count(*), sum(length(name)) FROM fate"
+        let onLeader = try await cluster.query(on: leader, digest, consistency: "stale")
+        let onFull = try await cluster.query(on: full, digest, consistency: "stale")
+        #expect(onLeader.text.contains("\(expected)") && (onLeader.body["rows"] as? [[Int]]) == (onFull.body["rows"] as? [[Int]]),
+                "leader \(onLeader.text) vs node \(full) \(onFull.text)")
+    }
+}

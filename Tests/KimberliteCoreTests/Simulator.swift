@@ -40,6 +40,9 @@ struct Simulator {
         var partitions = 0
         var logLosses = 0
         var wipes = 0
+        var diskFullSpells = 0
+        /// Appends refused by a full disk.
+        var failedAppends = 0
         var acknowledged = 0
         /// Requests a primary prepared from its queue once commits made room.
         var preparedFromQueue = 0
@@ -64,6 +67,8 @@ struct Simulator {
         /// The journal will find, at the next start, that it dropped entries
         /// (the corruption case).
         var journalLostEntries = false
+        /// Appends fail (no space left) until this tick.
+        var diskFullUntil = 0
         var waiters: [UInt64: (client: Int, op: OpNumber, checksum: Checksum)] = [:]
         var restarts = 0
     }
@@ -234,6 +239,20 @@ struct Simulator {
             let names = isolated.sorted()
             log("partition isolates \(names)")
         }
+        // A disk fills up for a while, within the fault budget: at most f
+        // members faulty at once (down, full, or recovering).
+        if chance(options.crashProbability) {
+            let victim = Int.random(in: 0..<nodes.count, using: &rng)
+            let otherFaults = nodes.indices.filter { other in
+                other != victim && (!nodes[other].up || nodes[other].diskFullUntil > tick || nodes[other].replica.status == .recovering
+                    || nodes[other].journalLostEntries || nodes[other].superblock?.recovering == true)
+            }.count
+            if nodes[victim].diskFullUntil <= tick, otherFaults + 1 <= faultTolerance {
+                nodes[victim].diskFullUntil = tick + Int.random(in: 20...200, using: &rng)
+                statistics.diskFullSpells += 1
+                log("n\(victim + 1) disk full until tick \(nodes[victim].diskFullUntil)")
+            }
+        }
         let down = nodes.filter { !$0.up }.count
         if down < faultTolerance, chance(options.crashProbability) {
             let candidates = nodes.indices.filter { nodes[$0].up }
@@ -255,7 +274,7 @@ struct Simulator {
         // `rm -rf log/*`, a bad disk): only while at most f replicas are
         // faulty (down, or recovering what they lost), as VSR assumes.
         let otherFaults = nodes.indices.filter { other in
-            other != index && (!nodes[other].up || nodes[other].replica.status == .recovering
+            other != index && (!nodes[other].up || nodes[other].replica.status == .recovering || nodes[other].diskFullUntil > tick
                 || nodes[other].journalLostEntries || nodes[other].superblock?.recovering == true)
         }.count
         let mayLoseData = otherFaults + 1 <= faultTolerance
@@ -313,7 +332,10 @@ struct Simulator {
 
     private mutating func perform(_ index: Int, _ actions: [ReplicaAction]) throws {
         let selfID = NodeID(index + 1)
+        var appendFailed = false
         for action in actions {
+            // As the runtime does: after a failed append, only the truncations of the list are done.
+            if appendFailed, case .truncateLog = action {} else if appendFailed { continue }
             switch action {
             case .send(let message, let to):
                 guard !(faultsActive && chance(options.dropProbability)) else { continue }
@@ -336,10 +358,16 @@ struct Simulator {
                 nodes[index].synced = nodes[index].disk.count
                 nodes[index].superblock = record
             case .truncateLog(let after):
-                guard Int(after) <= nodes[index].disk.count else { throw fail("truncate past the end") }
-                nodes[index].disk.removeSubrange(Int(after)...)
+                // Past the end only when a failed append left the disk short (the journal then does nothing).
+                guard Int(after) <= nodes[index].disk.count || appendFailed else { throw fail("truncate past the end") }
+                if Int(after) < nodes[index].disk.count { nodes[index].disk.removeSubrange(Int(after)...) }
                 nodes[index].synced = min(nodes[index].synced, Int(after))
             case .append(let entries):
+                if faultsActive && nodes[index].diskFullUntil > tick {
+                    appendFailed = true
+                    statistics.failedAppends += 1
+                    continue
+                }
                 guard entries.first?.op == OpNumber(nodes[index].disk.count + 1) else {
                     throw fail("n\(selfID) append of op \(entries.first?.op ?? 0) onto disk of \(nodes[index].disk.count)")
                 }
@@ -363,6 +391,10 @@ struct Simulator {
                 if case .viewChangeStarted = note { statistics.viewChanges += 1 }
                 log("n\(selfID) \(note)")
             }
+        }
+        if appendFailed {
+            try feed(index, .appendFailed(journalOp: OpNumber(nodes[index].disk.count)))
+            return
         }
         // The disk must mirror the replica's log exactly.
         let replica = nodes[index].replica

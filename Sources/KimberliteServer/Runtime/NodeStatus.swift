@@ -32,7 +32,7 @@ extension KimberliteNode {
             isLeader: snapshot.isPrimary, leaderID: snapshot.leader ?? 0, clusterSize: members.count,
             healthyReplicas: healthy, clusterMembers: memberReports,
             projection: .init(appliedOp: applied, lag: snapshot.commit > applied ? snapshot.commit - applied : 0),
-            clockOffsetMs: clockOffsetMs(snapshot))
+            clockOffsetMs: clockOffsetMs(snapshot), statusReason: snapshot.diskFull)
     }
 
     func updateGauges() {

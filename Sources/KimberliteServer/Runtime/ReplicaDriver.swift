@@ -15,6 +15,8 @@ struct ReplicaSnapshot: Sendable {
     var isPrimary = false
     var leader: NodeID? = nil
     var recovering = false
+    /// Set while appends fail for lack of space: what the operator should read.
+    var diskFull: String? = nil
 }
 
 /// Inputs queued for the driver thread.
@@ -46,6 +48,9 @@ final class ReplicaDriver: @unchecked Sendable {
     private var enqueuedForApply: OpNumber
     private let published = NIOLockedValueBox(ReplicaSnapshot())
     private var lastLeader: NodeID?? = .none
+    /// Since when appends have failed for lack of space (nil: they succeed).
+    private var diskFullSince: Date?
+    private var diskFullLoggedAt: ContinuousClock.Instant?
 
     init(replica: Replica, journal: Journal, superblock: Superblock, superblockState: SuperblockState,
          transport: ClusterTransport, registry: RequestRegistry, applier: ApplyEngine, appliedOp: OpNumber,
@@ -112,7 +117,16 @@ final class ReplicaDriver: @unchecked Sendable {
     }
 
     private func perform(_ actions: [ReplicaAction]) {
+        // After an append fails for lack of space, nothing more of the list
+        // is done but its truncations (its messages count as lost, its
+        // superblock writes as not made); the replica hears of it once the
+        // list is done (`ReplicaEvent.appendFailed`).
+        var appendFailed = false
+        defer {
+            if appendFailed { perform(replica.handle(.appendFailed(journalOp: journal.lastOp))) }
+        }
         for action in actions {
+            if appendFailed, case .truncateLog = action {} else if appendFailed { continue }
             switch action {
             case .send(let message, let to):
                 transport.send(.vsr(message), to: to)
@@ -127,11 +141,16 @@ final class ReplicaDriver: @unchecked Sendable {
             case .append(let entries):
                 do {
                     try journal.append(entries)
+                    diskFullSince = nil
+                } catch StorageError.diskFull {
+                    // A state, not an exit: the replica drops what did not
+                    // fit, recovers, and retries with each recovery round.
+                    appendFailed = true
+                    if diskFullSince == nil { diskFullSince = Date() }
                 } catch {
                     // The replica holds these entries in memory; a journal
-                    // that cannot take them is a node that must restart from
-                    // what is durable (the disk-space check runs before writes
-                    // reach the replica, so this is an I/O failure).
+                    // that cannot take them for another reason is a node that
+                    // must restart from what is durable.
                     fatal("journal append failed: \(error)")
                 }
             case .commit(let through):
@@ -184,7 +203,11 @@ final class ReplicaDriver: @unchecked Sendable {
     private func publish() {
         let snapshot = ReplicaSnapshot(view: replica.view, status: replica.status, op: replica.op,
                                        commit: replica.commitNumber, isPrimary: replica.isPrimary && replica.leader != nil,
-                                       leader: replica.leader, recovering: replica.status == .recovering)
+                                       leader: replica.leader, recovering: replica.status == .recovering,
+                                       diskFull: diskFullSince.map { since in
+                                           "disk full: the journal in \(journal.directory) cannot grow (appends refused since \(since.ISO8601Format())); "
+                                               + "this node counts as down and catches up by itself once space is freed (or compaction frees it)"
+                                       })
         published.withLockedValue { $0 = snapshot }
         if lastLeader == nil || lastLeader! != snapshot.leader {
             if snapshot.leader == nil {
@@ -228,6 +251,15 @@ final class ReplicaDriver: @unchecked Sendable {
         case .awaitingFormation(let fresh, let needed):
             logger.info("waiting for cluster formation: not every other member has reported an empty log yet",
                         metadata: ["empty_members": "\(fresh)", "needed": "\(needed)"])
+        case .diskFull(let op):
+            // At most once every 5 s: a full disk is retried with every recovery round.
+            let now = ContinuousClock.now
+            guard diskFullLoggedAt.map({ now - $0 >= .seconds(5) }) ?? true else { return }
+            diskFullLoggedAt = now
+            metadata["op"] = "\(op)"
+            metadata["directory"] = "\(journal.directory)"
+            logger.error("disk full: cannot append to the journal; this node stops acknowledging and recovers from the leader once space is freed",
+                         metadata: metadata)
         case .badEntry(let op, let from):
             metrics.checksumFailures.increment()
             logger.error("Checksum mismatch in entry received from peer; discarded (corrupt in transit or at the sender)",
@@ -284,17 +316,40 @@ final class ApplyEngine: @unchecked Sendable {
             // wait to see the first entry of a large batch.
             for start in stride(from: pending.startIndex, to: pending.endIndex, by: Self.entriesPerTransaction) {
                 let chunk = Array(pending[start..<min(start + Self.entriesPerTransaction, pending.endIndex)])
-                do {
-                    let outcomes = try projection.apply(chunk)
-                    for (entry, outcome) in zip(chunk, outcomes) { registry.applied(entry, outcome: outcome) }
-                } catch {
-                    logger.critical("projection apply failed; stopping so the node restarts and re-applies from the log",
-                                    metadata: ["op": "\(chunk[0].op)", "error": "\(error)"])
-                    exit(1)
-                }
+                applyRetryingWhileTheDiskIsFull(chunk)
             }
         }
         finished.signal()
+    }
+
+    /// Applies `chunk` in one transaction. A full disk (SQLITE_FULL) is a
+    /// state, not an exit: the transaction rolled back, so the chunk is
+    /// tried again every second (logged at most every 5 s) until space is
+    /// freed; projection lag grows meanwhile. Any other failure stops the
+    /// node, which re-applies from its log at restart.
+    private func applyRetryingWhileTheDiskIsFull(_ chunk: [LogEntry]) {
+        var lastLogged: ContinuousClock.Instant? = nil
+        while true {
+            do {
+                let outcomes = try projection.apply(chunk)
+                for (entry, outcome) in zip(chunk, outcomes) { registry.applied(entry, outcome: outcome) }
+                return
+            } catch ProjectionError.storage(let operation, let failure) where failure.primaryCode == 13 /* SQLITE_FULL */ {
+                let now = ContinuousClock.now
+                if lastLogged.map({ now - $0 >= .seconds(5) }) ?? true {
+                    lastLogged = now
+                    logger.error("disk full: the projection cannot apply committed entries; retrying until space is freed",
+                                 metadata: ["op": "\(chunk[0].op)", "operation": "\(operation)", "error": "\(failure)"])
+                }
+                // A shutdown meanwhile ends the wait: the entries are re-applied from the log at restart.
+                if queue.isStopping { return }
+                Thread.sleep(forTimeInterval: 1)
+            } catch {
+                logger.critical("projection apply failed; stopping so the node restarts and re-applies from the log",
+                                metadata: ["op": "\(chunk[0].op)", "error": "\(error)"])
+                exit(1)
+            }
+        }
     }
 }
 
@@ -322,6 +377,12 @@ final class BatchQueue<Item>: @unchecked Sendable {
         let batch = items
         items.removeAll(keepingCapacity: true)
         return batch
+    }
+
+    var isStopping: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return stopping
     }
 
     func stop() {

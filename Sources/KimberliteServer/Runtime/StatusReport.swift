@@ -52,12 +52,15 @@ public struct StatusReport: Codable, Sendable {
     public var projection: Projection
     /// This node's clock minus the leader's, ms; 0 on the leader; null without a leader.
     public var clockOffsetMs: Double?
+    /// Why this node is not taking part as usual (e.g. its disk is full), in
+    /// words for the operator; null when nothing is wrong.
+    public var statusReason: String? = nil
 
     enum CodingKeys: String, CodingKey {
         case nodeID = "node_id", clusterName = "cluster_name", version, status, view
         case opNumber = "op_number", commitNumber = "commit_number", isLeader = "is_leader", leaderID = "leader_id"
         case clusterSize = "cluster_size", healthyReplicas = "healthy_replicas", clusterMembers = "cluster_members"
-        case projection, clockOffsetMs = "clock_offset_ms"
+        case projection, clockOffsetMs = "clock_offset_ms", statusReason = "status_reason"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -76,5 +79,6 @@ public struct StatusReport: Codable, Sendable {
         try container.encode(clusterMembers, forKey: .clusterMembers)
         try container.encode(projection, forKey: .projection)
         try container.encode(clockOffsetMs, forKey: .clockOffsetMs)
+        try container.encode(statusReason, forKey: .statusReason)
     }
 }

@@ -202,12 +202,8 @@ import Testing
     // MARK: - 507 disk_full
 
     @Test func writeOnANearlyFullFileSystemIs507DiskFullAndChangesNothing() async throws {
-        let mountPoint = FileManager.default.temporaryDirectory.appendingPathComponent("kmb-tmpfs-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: mountPoint) }
         // 40 MiB: room for the server's files, and small enough to fill quickly.
-        let mounted = try await Cluster.run("/bin/mount", ["-t", "tmpfs", "-o", "size=40m", "tmpfs", mountPoint])
-        try #require(mounted.exited && mounted.status == 0, "mount a 40 MiB tmpfs (needs root): \(mounted)")
+        let mountPoint = try await Self.mountSmallTmpfs()
         defer { Self.unmount(mountPoint) }
 
         let dataDir = mountPoint + "/node1"
@@ -271,8 +267,18 @@ import Testing
         }
     }
 
-    /// Unmounts (lazily if busy) a tmpfs this test mounted.
+    /// Mounts a new tmpfs of `size` (needs root) and returns its path.
+    static func mountSmallTmpfs(size: String = "40m") async throws -> String {
+        let mountPoint = FileManager.default.temporaryDirectory.appendingPathComponent("kmb-tmpfs-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        let mounted = try await Cluster.run("/bin/mount", ["-t", "tmpfs", "-o", "size=\(size)", "tmpfs", mountPoint])
+        try #require(mounted.exited && mounted.status == 0, "mount a \(size) tmpfs (needs root): \(mounted)")
+        return mountPoint
+    }
+
+    /// Unmounts (lazily if busy) a tmpfs this test mounted, and removes its mount point.
     static func unmount(_ path: String) {
+        defer { try? FileManager.default.removeItem(atPath: path) }
         for arguments in [[path], ["-l", path]] {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/bin/umount")
@@ -368,11 +374,7 @@ private extension Cluster.HTTPReply {
 /// `/health/ready`, and catches up with no restart once space is freed.
 @Suite(.serialized) struct FollowerDiskFullTests {
     @Test func followerWithAFullDiskStaysUpSaysSoAndCatchesUpWhenSpaceIsFreed() async throws {
-        let mountPoint = FileManager.default.temporaryDirectory.appendingPathComponent("kmb-tmpfs-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: mountPoint) }
-        let mounted = try await Cluster.run("/bin/mount", ["-t", "tmpfs", "-o", "size=40m", "tmpfs", mountPoint])
-        try #require(mounted.exited && mounted.status == 0, "mount a 40 MiB tmpfs (needs root): \(mounted)")
+        let mountPoint = try await ErrorOutcomeTests.mountSmallTmpfs()
         defer { ErrorOutcomeTests.unmount(mountPoint) }
 
         let cluster = try Cluster.prepare(nodes: 3)

@@ -199,105 +199,50 @@ public enum DataDirectoryVerifier {
         }
 
         mutating func scanLog() {
-            let logDir = dataDir + "/log"
-            let names: [String]
-            do { names = try FileIO.list(logDir) } catch {
+            let listing: (segments: [SegmentFile], others: [String])
+            do { listing = try SegmentScanner.list(dataDir + "/log") } catch {
                 problems.append(VerifyProblem(.error, .unreadable, file: "log", subject: "log directory", detail: "\(error)"))
                 return
             }
-            var files: [(op: OpNumber, name: String)] = []
-            for name in names {
-                if let op = SegmentFormat.firstOp(fromFileName: name) {
-                    files.append((op, name))
-                } else {
-                    let detail = name.contains(".corrupt") ? "quarantined evidence of earlier corruption (not part of the log)" : "not a segment file"
-                    problems.append(VerifyProblem(.warning, .unexpectedFile, file: "log/" + name, subject: "file log/\(name)", detail: detail))
-                }
+            for name in listing.others {
+                let detail = name.contains(".corrupt") ? "quarantined evidence of earlier corruption (not part of the log)" : "not a segment file"
+                problems.append(VerifyProblem(.warning, .unexpectedFile, file: "log/" + name, subject: "file log/\(name)", detail: detail))
             }
-            files.sort { $0.op < $1.op }
-
-            var expected: OpNumber? = 1
-            var previous: Checksum? = .zero
-            for (index, file) in files.enumerated() {
-                let relative = "log/" + file.name
-                let subject = "segment " + relative
-                let isLast = index == files.count - 1
-                let bytes: [UInt8]
-                do { bytes = try FileIO.readWholeFile(dataDir + "/" + relative) } catch {
-                    problems.append(VerifyProblem(.error, .unreadable, file: relative, subject: subject, detail: "\(error)"))
-                    expected = nil
-                    previous = nil
-                    continue
+            // Reports every damage and reads on past it.
+            SegmentScanner.scan(listing.segments, firstOp: 1) { finding in
+                switch finding {
+                case .segmentStart(_, let bytes, _):
+                    segments += 1
+                    logBytes += bytes
+                case .entry(let entry, _):
+                    entries += 1
+                    lastOp = max(lastOp, entry.op)
+                case .segmentEnd:
+                    break
+                case .damage(let damage):
+                    problems.append(Self.problem(damage))
                 }
-                segments += 1
-                logBytes += bytes.count
-
-                var offset: Int
-                switch SegmentFormat.parseHeader(bytes) {
-                case .failure(let headerError):
-                    let next = SegmentFormat.findValidFrame(bytes, after: -1, end: bytes.count, minimumOp: expected ?? lastOp + 1)
-                    if isLast && next == nil {
-                        problems.append(VerifyProblem(.warning, .tornTail, file: relative, subject: subject, offset: 0, op: expected,
-                                                      detail: "segment header incomplete (\(headerError)); a crash while creating the segment, the server removes it on start"))
-                    } else {
-                        problems.append(VerifyProblem(.error, .badSegmentHeader, file: relative, subject: subject, offset: 0, op: expected,
-                                                      detail: headerError.description))
-                    }
-                    guard let next else {
-                        // The rest of the segment is unreadable, so its ops are unknown.
-                        expected = nil
-                        previous = nil
-                        continue
-                    }
-                    offset = next
-                    expected = nil
-                    previous = nil
-                case .success(let headerOp):
-                    if headerOp != file.op {
-                        problems.append(VerifyProblem(.error, .badSegmentHeader, file: relative, subject: subject, offset: 0, op: headerOp,
-                                                      detail: "header says first op \(headerOp), file name says \(file.op)"))
-                    }
-                    if let want = expected, headerOp != want {
-                        problems.append(VerifyProblem(.error, .opGap, file: relative, subject: subject, offset: 0, op: want,
-                                                      detail: "segment starts at op \(headerOp), expected op \(want)"))
-                        previous = nil
-                    }
-                    expected = headerOp
-                    offset = SegmentFormat.headerSize
-                }
-
-                frames: while offset < bytes.count {
-                    switch SegmentFormat.parseFrame(bytes, at: offset, end: bytes.count) {
-                    case .entry(let entry, let next):
-                        if let want = expected, entry.op != want {
-                            problems.append(VerifyProblem(.error, .opGap, file: relative, subject: subject, offset: offset, op: entry.op,
-                                                          detail: "found op \(entry.op), expected op \(want)"))
-                        } else if let parent = previous, entry.parent != parent {
-                            problems.append(VerifyProblem(.error, .hashChainBreak, file: relative, subject: subject, offset: offset, op: entry.op,
-                                                          detail: "parent is not the checksum of op \(entry.op &- 1)"))
-                        }
-                        entries += 1
-                        lastOp = max(lastOp, entry.op)
-                        expected = entry.op + 1
-                        previous = entry.checksum
-                        offset = next
-                    case .bad(let kind, let detail):
-                        let next = SegmentFormat.findValidFrame(bytes, after: offset, end: bytes.count, minimumOp: expected ?? lastOp + 1)
-                        if next == nil && isLast {
-                            problems.append(VerifyProblem(.warning, .tornTail, file: relative, subject: subject, offset: offset, op: expected,
-                                                          detail: "\(bytes.count - offset) bytes of an incomplete write at the end of the log (\(kind.rawValue): \(detail)); the server truncates it on start"))
-                            break frames
-                        }
-                        let after = next.map { "; next valid frame at offset \($0)" } ?? "; nothing valid after it in this segment"
-                        problems.append(VerifyProblem(.error, kind, file: relative, subject: subject, offset: offset, op: expected,
-                                                      detail: detail + after))
-                        expected = nil
-                        previous = nil
-                        guard let next else { break frames }
-                        offset = next
-                    }
-                }
+                return true
             }
+        }
+
+        /// How `verify` reports one damage: a torn tail is a warning (the
+        /// server cuts it on start), anything else an error.
+        static func problem(_ damage: SegmentDamage) -> VerifyProblem {
+            let relative = "log/" + damage.file.name
+            let subject = "segment " + relative
+            if damage.isTornTail {
+                let detail = damage.offset == 0
+                    ? "segment header incomplete (\(damage.detail)); a crash while creating the segment, the server removes it on start"
+                    : "\(damage.segmentBytes - damage.offset) bytes of an incomplete write at the end of the log (\(damage.kind.rawValue): \(damage.detail)); the server truncates it on start"
+                return VerifyProblem(.warning, .tornTail, file: relative, subject: subject, offset: damage.offset, op: damage.op, detail: detail)
+            }
+            var detail = damage.detail
+            // A bad frame: say whether anything valid follows it.
+            if ![.badSegmentHeader, .opGap, .hashChainBreak, .unreadable].contains(damage.kind) {
+                detail += damage.resumeAt.map { "; next valid frame at offset \($0)" } ?? "; nothing valid after it in this segment"
+            }
+            return VerifyProblem(.error, damage.kind, file: relative, subject: subject, offset: damage.offset, op: damage.op, detail: detail)
         }
     }
 }

@@ -600,99 +600,58 @@ public final class Journal {
         var tornRepair: (path: String, offset: Int?)?
     }
 
-    /// Reads and verifies every segment; changes nothing on disk.
+    /// Reads and verifies every segment (`SegmentScanner`, stopping at the
+    /// first damage); changes nothing on disk.
+    /// - Throws: `StorageError.io` if the directory or a segment cannot be read.
     static func scan(directory: String) throws -> ScanResult {
         var result = ScanResult()
-        var files: [(op: OpNumber, name: String)] = []
-        for name in try FileIO.list(directory) {
-            if let op = SegmentFormat.firstOp(fromFileName: name) {
-                files.append((op, name))
-            } else {
-                result.recovery.ignoredFiles.append(name)
-            }
-        }
-        files.sort { $0.op < $1.op }
+        let (files, others) = try SegmentScanner.list(directory)
+        result.recovery.ignoredFiles = others
         result.recovery.segmentFiles = files.count
-
-        var expectedOp: OpNumber = 1
-        var previous = Checksum.zero
-        fileLoop: for (index, file) in files.enumerated() {
-            let path = directory + "/" + file.name
-            let isLast = index == files.count - 1
-            let bytes = try FileIO.readWholeFile(path)
-
-            func corrupt(_ offset: Int, _ op: OpNumber, _ kind: StorageProblemKind, _ detail: String, validFrames: [Int]) {
-                result.recovery.corruption = JournalCorruption(segment: path, offset: offset, op: op, kind: kind, detail: detail)
-                if validFrames.isEmpty {
-                    result.quarantineWhole.append(path)
-                    result.quarantineBytes += bytes.count
-                } else {
-                    result.segments.append(Segment(firstOp: file.op, path: path, size: offset, offsets: validFrames))
-                    result.quarantineTail = (path, offset)
-                    result.quarantineBytes += bytes.count - offset
-                }
-                for later in files[(index + 1)...] {
-                    let laterPath = directory + "/" + later.name
-                    result.quarantineWhole.append(laterPath)
-                    result.quarantineBytes += FileIO.fileSize(laterPath) ?? 0
-                }
-            }
-
-            switch SegmentFormat.parseHeader(bytes) {
-            case .failure(let problem):
-                if isLast && SegmentFormat.findValidFrame(bytes, after: -1, end: bytes.count, minimumOp: expectedOp) == nil {
-                    result.tornRepair = (path, nil)
+        var offsets: [Int] = []
+        try SegmentScanner.scan(files, firstOp: 1) { finding in
+            switch finding {
+            case .segmentStart:
+                offsets = []
+            case .entry(let entry, let offset):
+                offsets.append(offset)
+                result.lastOp = entry.op
+                result.lastChecksum = entry.checksum
+            case .segmentEnd(let file, let bytes):
+                result.segments.append(Segment(firstOp: file.firstOp, path: file.path, size: bytes, offsets: offsets))
+            case .damage(let damage):
+                if let error = damage.readError { throw error }
+                let path = damage.file.path
+                if damage.isTornTail {
+                    // A crash's incomplete write: cut it (a torn header removes the file).
+                    result.tornRepair = (path, damage.offset == 0 && offsets.isEmpty ? nil : damage.offset)
                     result.recovery.tornTailSegment = path
-                    result.recovery.tornTailOffset = 0
-                    result.recovery.tornTailBytes = bytes.count
+                    result.recovery.tornTailOffset = damage.offset
+                    result.recovery.tornTailBytes = damage.segmentBytes - damage.offset
+                    if result.tornRepair?.offset != nil {
+                        result.segments.append(Segment(firstOp: damage.file.firstOp, path: path, size: damage.offset, offsets: offsets))
+                    }
+                    return false
+                }
+                // Corruption: the log ends before it; this segment's damaged
+                // part and every later segment are quarantined.
+                result.recovery.corruption = JournalCorruption(segment: path, offset: damage.offset, op: result.lastOp + 1,
+                                                               kind: damage.kind, detail: damage.detail)
+                if offsets.isEmpty {
+                    result.quarantineWhole.append(path)
+                    result.quarantineBytes += damage.segmentBytes
                 } else {
-                    corrupt(0, expectedOp, .badSegmentHeader, problem.description, validFrames: [])
+                    result.segments.append(Segment(firstOp: damage.file.firstOp, path: path, size: damage.offset, offsets: offsets))
+                    result.quarantineTail = (path, damage.offset)
+                    result.quarantineBytes += damage.segmentBytes - damage.offset
                 }
-                break fileLoop
-            case .success(let headerOp):
-                if headerOp != file.op {
-                    corrupt(0, expectedOp, .badSegmentHeader, "header says first op \(headerOp), file name says \(file.op)", validFrames: [])
-                    break fileLoop
+                for later in files.drop(while: { $0.path != path }).dropFirst() {
+                    result.quarantineWhole.append(later.path)
+                    result.quarantineBytes += FileIO.fileSize(later.path) ?? 0
                 }
-                if headerOp != expectedOp {
-                    corrupt(0, expectedOp, .opGap, "segment starts at op \(headerOp), expected op \(expectedOp)", validFrames: [])
-                    break fileLoop
-                }
+                return false
             }
-
-            var offsets: [Int] = []
-            var offset = SegmentFormat.headerSize
-            while offset < bytes.count {
-                switch SegmentFormat.parseFrame(bytes, at: offset, end: bytes.count) {
-                case .entry(let entry, let next):
-                    if entry.op != expectedOp {
-                        corrupt(offset, expectedOp, .opGap, "found op \(entry.op), expected op \(expectedOp)", validFrames: offsets)
-                        break fileLoop
-                    }
-                    if entry.parent != previous {
-                        corrupt(offset, expectedOp, .hashChainBreak, "parent is not the checksum of op \(expectedOp - 1)", validFrames: offsets)
-                        break fileLoop
-                    }
-                    offsets.append(offset)
-                    previous = entry.checksum
-                    result.lastOp = entry.op
-                    result.lastChecksum = entry.checksum
-                    expectedOp += 1
-                    offset = next
-                case .bad(let kind, let detail):
-                    if isLast && SegmentFormat.findValidFrame(bytes, after: offset, end: bytes.count, minimumOp: expectedOp) == nil {
-                        result.tornRepair = (path, offset)
-                        result.recovery.tornTailSegment = path
-                        result.recovery.tornTailOffset = offset
-                        result.recovery.tornTailBytes = bytes.count - offset
-                        result.segments.append(Segment(firstOp: file.op, path: path, size: offset, offsets: offsets))
-                    } else {
-                        corrupt(offset, expectedOp, kind, detail, validFrames: offsets)
-                    }
-                    break fileLoop
-                }
-            }
-            result.segments.append(Segment(firstOp: file.op, path: path, size: bytes.count, offsets: offsets))
+            return true
         }
         result.recovery.entries = result.segments.reduce(0) { $0 + $1.offsets.count }
         return result

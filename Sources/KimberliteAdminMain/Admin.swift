@@ -69,6 +69,29 @@ struct Status: AsyncParsableCommand {
                 print(row.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  "))
             }
         }
+        let problems = Self.disagreements(reports.compactMap(\.1))
+        for line in problems { FileHandle.standardError.write(Data("kimberlite-admin: status: \(line)\n".utf8)) }
+        if !problems.isEmpty { throw ExitCode(1) }
+    }
+
+    /// What an operator must not miss: members that report a problem
+    /// (diverged, disk full), and members whose logs disagree at the same
+    /// committed op (same commit number, different entry checksum).
+    static func disagreements(_ reports: [StatusReport]) -> [String] {
+        var lines: [String] = []
+        for report in reports.sorted(by: { $0.nodeID < $1.nodeID }) {
+            if report.status == "diverged" {
+                lines.append("node \(report.nodeID) DIVERGED: \(report.statusReason ?? "its committed log contradicts the cluster's")")
+            } else if let reason = report.statusReason {
+                lines.append("node \(report.nodeID): \(reason)")
+            }
+        }
+        let byCommit = Dictionary(grouping: reports.filter { $0.commitNumber > 0 && $0.commitChecksum != nil }, by: \.commitNumber)
+        for (commit, group) in byCommit.sorted(by: { $0.key < $1.key }) where Set(group.compactMap(\.commitChecksum)).count > 1 {
+            let holders = group.sorted { $0.nodeID < $1.nodeID }.map { "node \($0.nodeID) has \($0.commitChecksum!.prefix(16))" }
+            lines.append("members DISAGREE at committed op \(commit): \(holders.joined(separator: ", "))")
+        }
+        return lines
     }
 
     private func fetchStatus(_ client: HTTPClient, _ address: String, _ timeout: TimeAmount) async -> StatusReport? {

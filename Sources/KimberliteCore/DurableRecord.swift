@@ -33,13 +33,17 @@ public struct DurableRecord: Equatable, Sendable {
     public var recovering: Bool
     /// While `recovering`: the op its log must reach before it votes again.
     public var recoveryTarget: OpNumber
+    /// Set once the replica found its committed log contradicts the
+    /// cluster's: it stays `diverged` across restarts, until the operator
+    /// rebuilds the data directory.
+    public var divergence: Divergence?
 
     public init(view: ViewNumber = 0, logView: ViewNumber = 0, commitNumber: OpNumber = 0, epoch: UInt64 = 0,
                 members: [NodeID], formed: Bool = false, logStarted: Bool = false, recovering: Bool = false,
-                recoveryTarget: OpNumber = 0) {
+                recoveryTarget: OpNumber = 0, divergence: Divergence? = nil) {
         self.view = view; self.logView = logView; self.commitNumber = commitNumber; self.epoch = epoch
         self.members = members.sorted(); self.formed = formed; self.logStarted = logStarted
-        self.recovering = recovering; self.recoveryTarget = recoveryTarget
+        self.recovering = recovering; self.recoveryTarget = recoveryTarget; self.divergence = divergence
     }
 }
 

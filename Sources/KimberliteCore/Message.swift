@@ -17,8 +17,10 @@ public enum Message: Sendable, Equatable {
     /// §4.1 step 4: backup → primary: my log equals yours through `op`, durably.
     case prepareOK(view: ViewNumber, op: OpNumber)
     /// §4.1 step 7 heartbeat: primary → backups, every heartbeat interval.
-    /// `op` is the primary's op number, so a backup can see a gap.
-    case commit(view: ViewNumber, commit: OpNumber, op: OpNumber, sequence: UInt64)
+    /// `op` is the primary's op number, so a backup can see a gap;
+    /// `commitChecksum` is the checksum of its entry at `commit`, so a backup
+    /// holding a different committed entry there finds out (divergence).
+    case commit(view: ViewNumber, commit: OpNumber, commitChecksum: Checksum, op: OpNumber, sequence: UInt64)
     /// Backup → primary answer to `commit`; `op` restates prepare_ok.
     case commitAck(view: ViewNumber, sequence: UInt64, op: OpNumber)
     /// §4.2 step 1.
@@ -79,7 +81,7 @@ extension Message {
     /// The view the message belongs to.
     public var view: ViewNumber {
         switch self {
-        case .prepare(let view, _, _), .prepareOK(let view, _), .commit(let view, _, _, _),
+        case .prepare(let view, _, _), .prepareOK(let view, _), .commit(let view, _, _, _, _),
              .commitAck(let view, _, _), .startViewChange(let view), .requestEntries(let view, _),
              .entries(let view, _, _, _):
             return view
@@ -118,8 +120,9 @@ extension Message {
             writer.write(UInt8(1)); writer.write(view); writer.write(commit); writeEntries(entries)
         case .prepareOK(let view, let op):
             writer.write(UInt8(2)); writer.write(view); writer.write(op)
-        case .commit(let view, let commit, let op, let sequence):
-            writer.write(UInt8(3)); writer.write(view); writer.write(commit); writer.write(op); writer.write(sequence)
+        case .commit(let view, let commit, let commitChecksum, let op, let sequence):
+            writer.write(UInt8(3)); writer.write(view); writer.write(commit); writer.writeRaw(commitChecksum.bytes)
+            writer.write(op); writer.write(sequence)
         case .commitAck(let view, let sequence, let op):
             writer.write(UInt8(4)); writer.write(view); writer.write(sequence); writer.write(op)
         case .startViewChange(let view):
@@ -158,7 +161,9 @@ extension Message {
         switch tag {
         case 1: return .prepare(view: try reader.read(), commit: try reader.read(), entries: try readEntries())
         case 2: return .prepareOK(view: try reader.read(), op: try reader.read())
-        case 3: return .commit(view: try reader.read(), commit: try reader.read(), op: try reader.read(), sequence: try reader.read())
+        case 3:
+            return .commit(view: try reader.read(), commit: try reader.read(), commitChecksum: Checksum(bytes: try reader.readRaw(count: 32)),
+                           op: try reader.read(), sequence: try reader.read())
         case 4: return .commitAck(view: try reader.read(), sequence: try reader.read(), op: try reader.read())
         case 5: return .startViewChange(view: try reader.read())
         case 6:

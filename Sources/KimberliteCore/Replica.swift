@@ -58,6 +58,20 @@ public enum ReplicaStatus: String, Sendable {
     case normal
     case viewChange = "view_change"
     case recovering
+    /// This replica's committed log contradicts the cluster's (or it was told
+    /// of a commit beyond any log a view change can choose). It serves
+    /// nothing, votes in nothing and says so until its data directory is
+    /// rebuilt (wiped, then recovered from the leader). Kept across restarts.
+    case diverged
+}
+
+/// Where a diverged replica's log contradicts the cluster's.
+public struct Divergence: Sendable, Equatable, Codable {
+    /// The op at which the logs differ (or the commit no chosen log holds).
+    public var op: OpNumber
+    /// The member whose message showed it.
+    public var peer: NodeID
+    public init(op: OpNumber, peer: NodeID) { self.op = op; self.peer = peer }
 }
 
 /// A write handed to the primary by the runtime; `id` is the runtime's token.
@@ -122,6 +136,9 @@ public enum ReplicaNote: Sendable, Equatable {
     /// cluster with an empty log, in view 0 or in the view change at the
     /// highest view answered. The durable record now says `formed`.
     case formed
+    /// This replica's committed log contradicts what `peer` sent about `op`
+    /// (`reason` says how); it stops serving and voting.
+    case diverged(op: OpNumber, peer: NodeID, reason: String)
     /// An append failed for lack of space; the log ends at `op` and the
     /// replica recovers (it counts as down) until appends succeed again.
     case diskFull(op: OpNumber)
@@ -201,6 +218,8 @@ public struct Replica: Sendable {
     private var logViewClaimOp: OpNumber = 0
     /// The tick of the last append refused by a full disk (nil once one succeeds).
     private var diskFullAt: UInt64? = nil
+    /// Set in `diverged` status (op and peer are 0 when only the durable record remembers it).
+    public private(set) var divergence: Divergence? = nil
     /// Fields of the durable record that only this replica changes (see `DurableRecord`).
     public private(set) var formed: Bool
     private var logStarted: Bool
@@ -294,7 +313,11 @@ public struct Replica: Sendable {
         // Conservatively the whole durable log: it held at least the claim when it was persisted.
         self.logViewClaimOp = op
         resetElectionTimer()
-        if record.recovering || !formed {
+        if let diverged = record.divergence {
+            // Stays diverged until the operator rebuilds the data directory.
+            status = .diverged
+            divergence = diverged
+        } else if record.recovering || !formed {
             // Lost entries this replica may have acknowledged: it must not
             // vote with, or lead from, a log that forgot them (VRR §4.3).
             // A replica that never joined cannot tell a new cluster from a
@@ -324,7 +347,8 @@ public struct Replica: Sendable {
     public var durableRecord: DurableRecord {
         DurableRecord(view: view, logView: logView, commitNumber: max(commitFloor, commitNumber), epoch: epoch,
                       members: configuration.members, formed: formed, logStarted: logStarted,
-                      recovering: recoveringLostEntries, recoveryTarget: recoveringLostEntries ? recoveryTarget : 0)
+                      recovering: recoveringLostEntries, recoveryTarget: recoveringLostEntries ? recoveryTarget : 0,
+                      divergence: divergence)
     }
 
     private mutating func persistDurableRecord() { emit(.persistDurable(durableRecord)) }
@@ -364,6 +388,11 @@ public struct Replica: Sendable {
     /// Feeds one event; returns the actions to perform, in order.
     public mutating func handle(_ event: ReplicaEvent) -> [ReplicaAction] {
         actions.removeAll(keepingCapacity: true)
+        if status == .diverged {
+            onEventWhileDiverged(event)
+            checkInvariants()
+            return actions
+        }
         switch event {
         case .tick: onTick()
         case .persisted(let through): onPersisted(through)
@@ -381,6 +410,33 @@ public struct Replica: Sendable {
         return actions
     }
 
+    /// A diverged replica answers nothing and takes nothing: writes and
+    /// reads are refused, messages and time ignored.
+    private mutating func onEventWhileDiverged(_ event: ReplicaEvent) {
+        switch event {
+        case .clientRequests(let requests, _):
+            for request in requests { emit(.rejected(requestID: request.id, .notPrimary(leader: nil))) }
+        case .readRequest(let id):
+            emit(.readFailed(id: id))
+        case .appendFailed(let journalOp):
+            truncate(after: min(journalOp, op))
+        case .tick, .persisted, .message:
+            break
+        }
+    }
+
+    /// Enters `diverged`: never a crash on what a peer sends, never serving
+    /// a log the cluster's committed log contradicts.
+    private mutating func diverge(op divergedOp: OpNumber, peer: NodeID, reason: String) {
+        guard status != .diverged else { return }
+        failPendingReads()
+        resetViewChangeState()
+        status = .diverged
+        divergence = Divergence(op: divergedOp, peer: peer)
+        persistDurableRecord()
+        emit(.note(.diverged(op: divergedOp, peer: peer, reason: reason)))
+    }
+
     private func checkInvariants() {
         precondition(commitNumber <= op, "commit \(commitNumber) <= op \(op)")
         precondition(verifiedOp <= op && durableOp <= op, "verified/durable within the log")
@@ -390,7 +446,8 @@ public struct Replica: Sendable {
                      "only an empty, recovering replica in view 0 awaits formation")
         precondition(queuedRequests.isEmpty || (takesWrites && queuedInView == view),
                      "only a primary taking writes in this view queues requests")
-        precondition(status == .recovering || (formed && !recoveringLostEntries),
+        precondition((status == .diverged) == (divergence != nil), "diverged exactly when a divergence is recorded")
+        precondition(status == .recovering || status == .diverged || (formed && !recoveringLostEntries),
                      "a replica takes part only once it has joined and holds everything it acknowledged")
         precondition(logStarted || durableOp == 0, "a log with durable entries has started")
     }
@@ -439,6 +496,8 @@ public struct Replica: Sendable {
                now - requested >= UInt64(configuration.repairRetryTicks) {
                 requestRepair(from: pending.from, op: viewStartRepairOp + 1)
             }
+        case .diverged:
+            break
         case .recovering:
             // A round that has not finished within an election timeout
             // (no quorum of answers, or the leader went quiet) starts over.
@@ -463,7 +522,7 @@ public struct Replica: Sendable {
     private mutating func sendHeartbeat() {
         heartbeatSequence += 1
         lastHeartbeatSent = now
-        broadcast(.commit(view: view, commit: commitNumber, op: op, sequence: heartbeatSequence))
+        broadcast(.commit(view: view, commit: commitNumber, commitChecksum: checksum(at: commitNumber), op: op, sequence: heartbeatSequence))
     }
 
     // MARK: - Storage completions
@@ -726,7 +785,8 @@ public struct Replica: Sendable {
             // Tell a replica stuck in an old view where the cluster is.
             emit(.note(.staleMessage(name: message.name, view: messageView, from: from)))
             if status == .normal, isPrimary {
-                send(.commit(view: view, commit: commitNumber, op: op, sequence: heartbeatSequence), to: from)
+                send(.commit(view: view, commit: commitNumber, commitChecksum: checksum(at: commitNumber), op: op,
+                             sequence: heartbeatSequence), to: from)
             }
             return
         }
@@ -741,8 +801,13 @@ public struct Replica: Sendable {
             }
             guard adoptViewFromPrimary(v, from: from) else { return }
             acceptEntries(entries, primaryCommit: commit, primaryOp: lastOp, from: from)
-        case .commit(let v, let commit, let primaryOp, let sequence):
+        case .commit(let v, let commit, let commitChecksum, let primaryOp, let sequence):
             guard adoptViewFromPrimary(v, from: from) else { return }
+            if commit >= 1, commit <= commitNumber, let mine = entry(commit), mine.checksum != commitChecksum {
+                // Committed here and at the primary, with different contents.
+                diverge(op: commit, peer: from, reason: "committed op \(commit) differs from the leader's")
+                return
+            }
             send(.commitAck(view: view, sequence: sequence, op: logView == view ? min(durableOp, verifiedOp) : 0), to: from)
             if logView < view, verifiedOp >= primaryOp {
                 // Our log already holds everything the primary has.
@@ -930,11 +995,20 @@ public struct Replica: Sendable {
     private mutating func acceptEntries(_ entries: [LogEntry], primaryCommit: OpNumber, primaryOp: OpNumber, from: NodeID) {
         if let first = entries.first, entriesAreWellFormed(entries, from: from) {
             let anchor = first.op - 1
+            if anchor >= 1, anchor <= commitNumber, checksum(at: anchor) != first.parent {
+                // The primary's log holds every committed op: ours differs at a committed one.
+                diverge(op: anchor, peer: from, reason: "committed op \(anchor) does not chain into the leader's next entry")
+                return
+            }
             if anchor <= op, checksum(at: anchor) == first.parent {
                 var index = 0
                 while index < entries.count, let mine = entry(entries[index].op),
                       mine.checksum == entries[index].checksum {
                     index += 1
+                }
+                if index < entries.count, entries[index].op <= commitNumber {
+                    diverge(op: entries[index].op, peer: from, reason: "committed op \(entries[index].op) differs from the leader's")
+                    return
                 }
                 if index < entries.count {
                     truncate(after: entries[index].op - 1)
@@ -1173,6 +1247,10 @@ public struct Replica: Sendable {
         for entry in entries where entry.op <= pending.chosen.commit {
             guard entry.isIntact, entry.parent == parent, entry.op == expected else { break }
             if self.entry(entry.op)?.checksum != entry.checksum {
+                if entry.op <= commitNumber {
+                    diverge(op: entry.op, peer: pending.from, reason: "committed op \(entry.op) differs from the chosen log's")
+                    return
+                }
                 truncate(after: entry.op - 1)
                 log.append(entry)
                 emit(.append([entry]))
@@ -1191,12 +1269,26 @@ public struct Replica: Sendable {
     }
 
     private mutating func completeViewStart(chosen: DoViewChange, commit newCommit: OpNumber) {
+        guard newCommit <= chosen.op else {
+            // A member reports a commit no log of this quorum holds:
+            // acknowledged writes were lost (a node restored from an old
+            // copy voted, say). Refuse to lead rather than serve a log that
+            // forgot them.
+            let reporter = doViewChanges.first { $0.value.commit == newCommit }?.key ?? selfID
+            diverge(op: newCommit, peer: reporter, reason: "node \(reporter) reports commit \(newCommit) but the chosen log ends at op \(chosen.op)")
+            return
+        }
         // New log: our prefix through chosen.commit (proven equal by the
         // checksum), then the chosen suffix.
         var divergeAt = chosen.commit + 1
         for entry in chosen.suffix {
             guard let mine = self.entry(entry.op), mine.checksum == entry.checksum else { break }
             divergeAt = entry.op + 1
+        }
+        if divergeAt <= commitNumber {
+            let sender = doViewChanges.first { $0.value == chosen }?.key ?? selfID
+            diverge(op: divergeAt, peer: sender, reason: "committed op \(divergeAt) differs from the chosen log's")
+            return
         }
         truncate(after: divergeAt - 1)
         let fresh = chosen.suffix.filter { $0.op >= divergeAt }

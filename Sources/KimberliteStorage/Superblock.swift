@@ -36,6 +36,9 @@ public struct SuperblockState: Equatable, Sendable, Codable {
     /// where this is set lost its entries (`rm -rf log/*`): the replica
     /// recovers them before it votes again.
     public var logStarted = false
+    /// Where the replica found its committed log contradicts the cluster's
+    /// (see `DurableRecord.divergence`); nil while it does not.
+    public var divergence: Divergence? = nil
 
     public init(clusterName: String, nodeID: NodeID, view: ViewNumber = 0, logView: ViewNumber = 0,
                 commitNumber: OpNumber = 0, epoch: UInt64 = 0, members: [NodeID]) {
@@ -61,12 +64,14 @@ extension SuperblockState {
     public var record: DurableRecord {
         get {
             DurableRecord(view: view, logView: logView, commitNumber: commitNumber, epoch: epoch, members: members,
-                          formed: formed, logStarted: logStarted, recovering: recovering, recoveryTarget: recoveryTarget)
+                          formed: formed, logStarted: logStarted, recovering: recovering, recoveryTarget: recoveryTarget,
+                          divergence: divergence)
         }
         set {
             view = newValue.view; logView = newValue.logView; commitNumber = newValue.commitNumber
             epoch = newValue.epoch; members = newValue.members; formed = newValue.formed
             logStarted = newValue.logStarted; recovering = newValue.recovering; recoveryTarget = newValue.recoveryTarget
+            divergence = newValue.divergence
         }
     }
 }
@@ -196,7 +201,12 @@ public final class Superblock {
         writer.write(state.epoch)
         writer.writeBlob(state.members)
         writer.write(state.recoveryTarget)
-        writer.write(UInt8((state.formed ? 1 : 0) | (state.logStarted ? 2 : 0) | (state.recovering ? 4 : 0)))
+        writer.write(UInt8((state.formed ? 1 : 0) | (state.logStarted ? 2 : 0) | (state.recovering ? 4 : 0)
+                           | (state.divergence != nil ? 8 : 0)))
+        if let divergence = state.divergence {
+            writer.write(divergence.op)
+            writer.write(divergence.peer)
+        }
         return writer.bytes
     }
 
@@ -250,10 +260,11 @@ public final class Superblock {
                 members: try body.readBlob(limit: 256))
             state.recoveryTarget = try body.read()
             let flags: UInt8 = try body.read()
-            guard flags & ~7 == 0 else { slot.problem = "unknown flags \(flags)"; return slot }
+            guard flags & ~15 == 0 else { slot.problem = "unknown flags \(flags)"; return slot }
             state.formed = flags & 1 != 0
             state.logStarted = flags & 2 != 0
             state.recovering = flags & 4 != 0
+            if flags & 8 != 0 { state.divergence = Divergence(op: try body.read(), peer: try body.read()) }
             guard body.isAtEnd else { slot.problem = "trailing bytes in state"; return slot }
             slot.state = state
         } catch {

@@ -36,7 +36,7 @@ import Testing
         let messages: [Message] = [
             .prepare(view: 4, commit: 1, entries: [e1, e2]),
             .prepareOK(view: 4, op: 2),
-            .commit(view: 4, commit: 2, op: 2, sequence: 77),
+            .commit(view: 4, commit: 2, commitChecksum: Checksum(bytes: Array(repeating: 7, count: 32)), op: 2, sequence: 77),
             .commitAck(view: 4, sequence: 77, op: 2),
             .startViewChange(view: 5),
             .doViewChange(DoViewChange(view: 5, logView: 4, op: 2, commit: 1, commitChecksum: e1.checksum, suffix: [e2])),

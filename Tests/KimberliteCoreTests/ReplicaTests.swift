@@ -229,4 +229,59 @@ import Testing
                 "1 is prepared, 2 and 3 wait, 4 finds the queue full")
         #expect(primary.op == 1)
     }
+
+    // MARK: - Divergence
+
+    /// A formed replica of [1, 2, 3] holding `count` entries of view `view`, all committed.
+    func committedReplica(_ id: NodeID, view: ViewNumber, count: Int, tag: UInt8 = 0) -> Replica {
+        var entries: [LogEntry] = []
+        for op in 1...count {
+            entries.append(LogEntry(op: OpNumber(op), view: view, timestampMs: Int64(op), session: nil, payload: [tag, UInt8(op)],
+                                    parent: entries.last?.checksum ?? .zero))
+        }
+        let record = DurableRecord(view: view, logView: view, commitNumber: OpNumber(count), members: [1, 2, 3],
+                                   formed: true, logStarted: true)
+        return Replica(configuration: ReplicaConfiguration(members: [1, 2, 3], selfID: id),
+                       durable: DurableState(record: record, log: entries, commitHint: OpNumber(count)), seed: 1)
+    }
+
+    @Test func backupWhoseCommittedEntryDiffersFromTheLeadersDivergesAndServesNothing() {
+        var backup = committedReplica(3, view: 1, count: 2)
+        let leaders = committedReplica(2, view: 1, count: 2, tag: 9)  // same ops, other contents
+        #expect(backup.status == .normal && backup.commitNumber == 2)
+        let actions = backup.handle(.message(.commit(view: 1, commit: 2, commitChecksum: leaders.entry(2)!.checksum, op: 2,
+                                                     sequence: 1), from: 2))
+        #expect(backup.status == .diverged)
+        #expect(backup.divergence == Divergence(op: 2, peer: 2))
+        #expect(actions.contains { if case .note(.diverged(op: 2, peer: 2, _)) = $0 { true } else { false } })
+        #expect(actions.contains { if case .persistDurable(let record) = $0 { record.divergence == Divergence(op: 2, peer: 2) } else { false } },
+                "kept across restarts")
+        #expect(!actions.contains { if case .send = $0 { true } else { false } }, "no acknowledgement of a contradicting log")
+        let write = backup.handle(.clientRequests([ClientRequest(id: 1, session: nil, payload: [1])], nowMs: 1))
+        #expect(write == [.rejected(requestID: 1, .notPrimary(leader: nil))])
+        #expect(backup.handle(.readRequest(id: 2)) == [.readFailed(id: 2)])
+        #expect(backup.handle(.message(.startViewChange(view: 5), from: 1)).isEmpty, "votes in nothing")
+        // A restart keeps it diverged.
+        let restarted = Replica(configuration: backup.configuration,
+                                durable: DurableState(record: backup.durableRecord, log: Array(backup.log), commitHint: 2), seed: 2)
+        #expect(restarted.status == .diverged && restarted.leader == nil)
+    }
+
+    @Test func matchingCommittedEntryDoesNotDiverge() {
+        var backup = committedReplica(3, view: 1, count: 2)
+        let leaders = committedReplica(2, view: 1, count: 2)
+        _ = backup.handle(.message(.commit(view: 1, commit: 2, commitChecksum: leaders.entry(2)!.checksum, op: 2, sequence: 1), from: 2))
+        #expect(backup.status == .normal && backup.divergence == nil)
+    }
+
+    @Test func viewChangeToldOfACommitBeyondTheChosenLogDivergesInsteadOfCrashing() {
+        // Node 1 leads view 3; node 2 claims commit 5 though every log ends at op 2.
+        var primary = committedReplica(1, view: 2, count: 2)
+        _ = primary.handle(.message(.startViewChange(view: 3), from: 2))
+        let claim = DoViewChange(view: 3, logView: 1, op: 2, commit: 5, commitChecksum: .zero, suffix: [])
+        let actions = primary.handle(.message(.doViewChange(claim), from: 2))
+        #expect(primary.status == .diverged)
+        #expect(primary.divergence == Divergence(op: 5, peer: 2))
+        #expect(!actions.contains { if case .send(.startView, _) = $0 { true } else { false } }, "leads nothing")
+    }
 }

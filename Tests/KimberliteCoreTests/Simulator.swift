@@ -389,6 +389,10 @@ struct Simulator {
                 break
             case .note(let note):
                 if case .viewChangeStarted = note { statistics.viewChanges += 1 }
+                if case .diverged(let op, let peer, let reason) = note {
+                    // Within the fault budget no committed log contradicts another.
+                    throw fail("SAFETY: n\(selfID) diverged at op \(op) (peer n\(peer)): \(reason); \(stateSummary())")
+                }
                 log("n\(selfID) \(note)")
             }
         }

@@ -26,10 +26,12 @@ struct APIError: Error, Sendable, Equatable {
         case tooLarge = "too_large"
         /// 507: not accepted; nothing written.
         case diskFull = "disk_full"
+        /// 503: this node's log contradicts the cluster's; it serves nothing (not accepted).
+        case diverged
 
         var status: Int {
             switch self {
-            case .noLeader, .overloaded: return 503
+            case .noLeader, .overloaded, .diverged: return 503
             case .outcomeUnknown: return 504
             case .invalidSQL, .nondeterministicSQL, .notReadOnly, .tooManyRows, .invalidRequest: return 400
             case .applyFailed, .staleRequest, .requestInProgress, .sessionExpired: return 409

@@ -130,6 +130,9 @@ final class ClientAPI: @unchecked Sendable {
             }
         }
         let snapshot = driver.snapshot
+        if let divergence = snapshot.divergence {
+            return error(.diverged, "this node's committed log contradicts the cluster's at op \(divergence.op); it takes no writes until its data directory is rebuilt; not accepted")
+        }
         guard snapshot.isPrimary else {
             if !forwarded, let leader = snapshot.leader {
                 return await forwarder.forward(kind: .execute, body: body, to: leader, timeout: limits.requestTimeout)
@@ -231,6 +234,9 @@ final class ClientAPI: @unchecked Sendable {
         }
         switch request.consistency ?? "strong" {
         case "stale":
+            if let divergence = driver.snapshot.divergence {
+                return error(.diverged, "this node's committed log contradicts the cluster's at op \(divergence.op); it serves no reads until its data directory is rebuilt")
+            }
             return runQuery(request)
         case "strong":
             let snapshot = driver.snapshot

@@ -17,6 +17,10 @@ final class NodeMetrics: @unchecked Sendable {
     let projectionLag: Metrics.Gauge
     let electionTimeouts: Metrics.Counter
     let checksumFailures: Metrics.Counter
+    /// `kmb_peer_messages_refused_total`: cluster messages refused because
+    /// they contradict this replica's state (an older view, an entry that
+    /// fails its checksum or does not chain).
+    let messagesRefused: Metrics.Counter
     let requestsInFlight: Meter
     let clockOffset: Metrics.Gauge
     let writeDuration: Metrics.Timer
@@ -45,6 +49,7 @@ final class NodeMetrics: @unchecked Sendable {
         projectionLag = Metrics.Gauge(label: "kmb_projection_lag")
         electionTimeouts = Metrics.Counter(label: "kmb_election_timeouts_total")
         checksumFailures = Metrics.Counter(label: "kmb_checksum_failures_total")
+        messagesRefused = Metrics.Counter(label: "kmb_peer_messages_refused_total")
         requestsInFlight = Meter(label: "kmb_requests_in_flight")
         clockOffset = Metrics.Gauge(label: "kmb_clock_offset_seconds")
         writeDuration = Metrics.Timer(label: "kmb_write_duration_seconds")

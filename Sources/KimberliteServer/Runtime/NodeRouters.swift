@@ -38,7 +38,7 @@ extension KimberliteNode {
         }
         router.get("/health/ready") { [self] _, _ -> Response in
             let snapshot = driver.snapshot
-            let ready = snapshot.status == .normal && snapshot.leader != nil && snapshot.diskFull == nil
+            let ready = snapshot.status == .normal && snapshot.leader != nil && snapshot.statusReason == nil
             let body = #"{"ready":\#(ready),"status":"\#(snapshot.status.rawValue)","leader_id":\#(snapshot.leader ?? 0)}"#
             return Self.json(ready ? 200 : 503, Array(body.utf8))
         }

@@ -29,10 +29,11 @@ extension KimberliteNode {
         return StatusReport(
             nodeID: config.server.nodeID, clusterName: config.server.clusterName, version: Self.version,
             status: snapshot.status.rawValue, view: snapshot.view, opNumber: snapshot.op, commitNumber: snapshot.commit,
+            commitChecksum: snapshot.commitChecksum?.description,
             isLeader: snapshot.isPrimary, leaderID: snapshot.leader ?? 0, clusterSize: members.count,
             healthyReplicas: healthy, clusterMembers: memberReports,
             projection: .init(appliedOp: applied, lag: snapshot.commit > applied ? snapshot.commit - applied : 0),
-            clockOffsetMs: clockOffsetMs(snapshot), statusReason: snapshot.diskFull)
+            clockOffsetMs: clockOffsetMs(snapshot), statusReason: snapshot.statusReason)
     }
 
     func updateGauges() {

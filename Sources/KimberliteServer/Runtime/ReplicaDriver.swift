@@ -12,11 +12,25 @@ struct ReplicaSnapshot: Sendable {
     var status: ReplicaStatus = .normal
     var op: OpNumber = 0
     var commit: OpNumber = 0
+    /// The checksum of this node's entry at `commit` (nil at 0).
+    var commitChecksum: Checksum? = nil
     var isPrimary = false
     var leader: NodeID? = nil
     var recovering = false
     /// Set while appends fail for lack of space: what the operator should read.
     var diskFull: String? = nil
+    /// Set in `diverged` status.
+    var divergence: Divergence? = nil
+
+    /// Why this node is not taking part as usual, for `/status`; nil when nothing is wrong.
+    var statusReason: String? {
+        if let divergence {
+            let at = divergence.peer == 0 ? "" : " at op \(divergence.op) (shown by node \(divergence.peer))"
+            return "diverged: this node's committed log contradicts the cluster's\(at); it serves nothing until its data directory "
+                + "is rebuilt: stop it, move the data directory aside, start it empty and it recovers from the leader"
+        }
+        return diskFull
+    }
 }
 
 /// Inputs queued for the driver thread.
@@ -202,12 +216,14 @@ final class ReplicaDriver: @unchecked Sendable {
 
     private func publish() {
         let snapshot = ReplicaSnapshot(view: replica.view, status: replica.status, op: replica.op,
-                                       commit: replica.commitNumber, isPrimary: replica.isPrimary && replica.leader != nil,
+                                       commit: replica.commitNumber, commitChecksum: replica.entry(replica.commitNumber)?.checksum,
+                                       isPrimary: replica.isPrimary && replica.leader != nil,
                                        leader: replica.leader, recovering: replica.status == .recovering,
                                        diskFull: diskFullSince.map { since in
                                            "disk full: the journal in \(journal.directory) cannot grow (appends refused since \(since.ISO8601Format())); "
                                                + "this node counts as down and catches up by itself once space is freed (or compaction frees it)"
-                                       })
+                                       },
+                                       divergence: replica.divergence)
         published.withLockedValue { $0 = snapshot }
         if lastLeader == nil || lastLeader! != snapshot.leader {
             if snapshot.leader == nil {
@@ -241,7 +257,13 @@ final class ReplicaDriver: @unchecked Sendable {
             metadata["peer"] = "\(from)"
             metadata["from_op"] = "\(op)"
             logger.debug("requesting missing log entries", metadata: metadata)
+        case .diverged(let op, let peer, let reason):
+            metadata["op"] = "\(op)"
+            metadata["peer"] = "\(peer)"
+            logger.critical("diverged: \(reason); this node stops serving and voting. Recovery: stop it, move its data directory aside (keep it as evidence), start it with an empty one; it recovers from the leader",
+                            metadata: metadata)
         case .staleMessage(let name, let view, let from):
+            metrics.messagesRefused.increment()
             logger.trace("ignored message from an older view", metadata: ["message": "\(name)", "message_view": "\(view)", "peer": "\(from)"])
         case .recovered(let view, let op):
             logger.notice("Recovering complete: the log is whole again; taking part in the cluster", metadata: ["view": "\(view)", "op": "\(op)"])
@@ -262,6 +284,7 @@ final class ReplicaDriver: @unchecked Sendable {
                          metadata: metadata)
         case .badEntry(let op, let from):
             metrics.checksumFailures.increment()
+            metrics.messagesRefused.increment()
             logger.error("Checksum mismatch in entry received from peer; discarded (corrupt in transit or at the sender)",
                          metadata: ["peer": "\(from)", "op": "\(op)"])
         }

@@ -43,6 +43,9 @@ public struct StatusReport: Codable, Sendable {
     public var view: ViewNumber
     public var opNumber: OpNumber
     public var commitNumber: OpNumber
+    /// Hex SHA-256 of this node's entry at `commit_number` (null at 0), so
+    /// members at the same commit number can be checked for agreement.
+    public var commitChecksum: String? = nil
     public var isLeader: Bool
     /// The leader's node id; 0 when there is no leader.
     public var leaderID: NodeID
@@ -58,7 +61,7 @@ public struct StatusReport: Codable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case nodeID = "node_id", clusterName = "cluster_name", version, status, view
-        case opNumber = "op_number", commitNumber = "commit_number", isLeader = "is_leader", leaderID = "leader_id"
+        case opNumber = "op_number", commitNumber = "commit_number", commitChecksum = "commit_checksum", isLeader = "is_leader", leaderID = "leader_id"
         case clusterSize = "cluster_size", healthyReplicas = "healthy_replicas", clusterMembers = "cluster_members"
         case projection, clockOffsetMs = "clock_offset_ms", statusReason = "status_reason"
     }
@@ -72,6 +75,7 @@ public struct StatusReport: Codable, Sendable {
         try container.encode(view, forKey: .view)
         try container.encode(opNumber, forKey: .opNumber)
         try container.encode(commitNumber, forKey: .commitNumber)
+        try container.encode(commitChecksum, forKey: .commitChecksum)
         try container.encode(isLeader, forKey: .isLeader)
         try container.encode(leaderID, forKey: .leaderID)
         try container.encode(clusterSize, forKey: .clusterSize)

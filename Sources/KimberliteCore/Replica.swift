@@ -128,6 +128,9 @@ public enum ReplicaNote: Sendable, Equatable {
     case repairRequested(from: NodeID, op: OpNumber)
     /// A message from an older view was ignored.
     case staleMessage(name: String, view: ViewNumber, from: NodeID)
+    /// A message that contradicts itself (a commit beyond the op it reports,
+    /// entries past its own last op) was refused unread.
+    case refusedMessage(name: String, from: NodeID, reason: String)
     /// An entry failed its checksum or chain check and was discarded.
     case badEntry(op: OpNumber, from: NodeID)
     /// A recovering replica's log is whole again; it votes from now on.
@@ -766,7 +769,40 @@ public struct Replica: Sendable {
 
     // MARK: - Messages
 
+    /// Why `message` cannot be true of any replica, or nil. Such a message
+    /// is refused before it can reach an invariant: a peer's bytes never
+    /// crash a replica.
+    static func contradiction(in message: Message) -> String? {
+        switch message {
+        case .prepare(_, let commit, let entries):
+            guard let last = entries.last else { return "a prepare without entries" }
+            if commit > last.op { return "commit \(commit) is beyond the prepared op \(last.op)" }
+        case .commit(_, let commit, _, let op, _):
+            if commit > op { return "commit \(commit) is beyond the sender's op \(op)" }
+        case .entries(_, let commit, let lastOp, let entries):
+            if commit > lastOp { return "commit \(commit) is beyond the sender's op \(lastOp)" }
+            if let last = entries.last, last.op > lastOp { return "entry \(last.op) is beyond the sender's op \(lastOp)" }
+        case .doViewChange(let dvc):
+            if dvc.commit > dvc.op { return "commit \(dvc.commit) is beyond the sender's op \(dvc.op)" }
+            if dvc.logView > dvc.view { return "log view \(dvc.logView) is beyond view \(dvc.view)" }
+            if let last = dvc.suffix.last, last.op != dvc.op { return "the suffix ends at op \(last.op), not at op \(dvc.op)" }
+            if let first = dvc.suffix.first, first.op != dvc.commit + 1 { return "the suffix starts at op \(first.op), not after commit \(dvc.commit)" }
+        case .startView(let sv):
+            if sv.commit > sv.op { return "commit \(sv.commit) is beyond op \(sv.op)" }
+            if let last = sv.suffix.last, last.op != sv.op { return "the suffix ends at op \(last.op), not at op \(sv.op)" }
+        case .recoveryResponse(_, _, let op, let commit, let isPrimary, _, _):
+            if isPrimary && commit > op { return "commit \(commit) is beyond the primary's op \(op)" }
+        case .prepareOK, .commitAck, .startViewChange, .requestEntries, .recovery:
+            break
+        }
+        return nil
+    }
+
     private mutating func onMessage(_ message: Message, from: NodeID) {
+        if let reason = Self.contradiction(in: message) {
+            emit(.note(.refusedMessage(name: message.name, from: from, reason: reason)))
+            return
+        }
         if status == .recovering {
             onMessageWhileRecovering(message, from: from)
             return

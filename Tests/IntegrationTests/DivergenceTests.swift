@@ -1,6 +1,7 @@
 import Foundation
 import KimberliteCore
 import KimberliteProjection
+@testable import KimberliteServer
 import KimberliteStorage
 import Logging
 import Testing
@@ -81,5 +82,74 @@ import Testing
             #expect(cluster.nodes[id - 1].process?.isRunning == true, "node \(id) is not running")
         }
         print("node \(victim) diverged at op \(forgedOp): \(status["status_reason"] ?? "")")
+    }
+
+    /// A TCP connection to a node's cluster port that speaks the envelope framing.
+    final class RawPeer {
+        let fd: Int32
+        init(port: Int) throws {
+            fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard connected == 0 else { throw Cluster.TimedOut(what: "a connection to cluster port \(port)") }
+        }
+        func send(_ envelope: Envelope) {
+            let body = envelope.encode()
+            var frame = withUnsafeBytes(of: UInt32(body.count).bigEndian) { Array($0) }
+            frame.append(contentsOf: body)
+            _ = frame.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        }
+        deinit { close(fd) }
+    }
+
+    /// An entry whose stored checksum no longer matches its contents (one payload byte flipped in transit).
+    static func corruptEntry(op: OpNumber, parent: Checksum) throws -> LogEntry {
+        var bytes = LogEntry(op: op, view: 0, timestampMs: 1, session: nil, payload: Array("payload".utf8), parent: parent).encoded()
+        bytes[bytes.count - 1] ^= 0xff
+        var reader = ByteReader(bytes)
+        let entry = try LogEntry.decode(from: &reader)
+        try #require(!entry.isIntact)
+        return entry
+    }
+
+    @Test func handMadeMessagesThatContradictTheLogAreRefusedCountedAndTheReplicaKeepsRunning() async throws {
+        let cluster = try await ErrorOutcomeTests.clusterWithTable()
+        defer { cluster.shutdown() }
+        let leader = try await cluster.waitForLeader()
+        let target = cluster.nodes.map(\.id).first { $0 != leader }!
+        let status = try #require(await cluster.status(target))
+        let view = UInt64(try #require(status["view"] as? Int))
+        let op = UInt64(try #require(status["op_number"] as? Int))
+        let refusedBefore = await cluster.metric(target, "kmb_peer_messages_refused_total") ?? 0
+        let checksumBefore = await cluster.metric(target, "kmb_checksum_failures_total") ?? 0
+
+        // Posing as the leader, on the target's cluster port.
+        let peer = try RawPeer(port: cluster.nodes[target - 1].clusterPort)
+        peer.send(.hello(.init(clusterName: cluster.clusterName, nodeID: NodeID(leader), clientAddress: "127.0.0.1:1",
+                               metricsAddress: "127.0.0.1:1", version: "test")))
+        // A commit beyond the op it reports.
+        peer.send(.vsr(.commit(view: view, commit: op + 1_000_000, commitChecksum: .zero, op: op + 5, sequence: 1)))
+        // A view change claim whose suffix does not end where it says.
+        peer.send(.vsr(.doViewChange(DoViewChange(view: view + 7, logView: view + 9, op: 3, commit: 9, commitChecksum: .zero, suffix: []))))
+        // A prepare whose entry fails its checksum.
+        peer.send(.vsr(.prepare(view: view, commit: 0, entries: [try Self.corruptEntry(op: op + 1, parent: .zero)])))
+        try await cluster.waitUntil("node \(target) counts three refused messages", timeout: .seconds(20)) {
+            (await cluster.metric(target, "kmb_peer_messages_refused_total") ?? 0) >= refusedBefore + 3
+        }
+        #expect((await cluster.metric(target, "kmb_checksum_failures_total") ?? 0) >= checksumBefore + 1)
+        #expect(cluster.log(of: target).contains("refused a cluster message that contradicts itself"))
+
+        // Nothing changed: it keeps running, in the same view, and follows the real leader.
+        #expect(cluster.nodes[target - 1].process?.isRunning == true)
+        let after = try #require(await cluster.status(target))
+        #expect(after["status"] as? String == "normal" && after["view"] as? Int == Int(view), "\(after)")
+        let write = try await cluster.executeWithRetry(ErrorOutcomeTests.insert("after-garbage"), clientID: "writer", requestNumber: 1)
+        #expect(write.status == 200, "\(write.text)")
+        try await ErrorOutcomeTests.expectExactlyOnce("after-garbage", in: cluster)
     }
 }

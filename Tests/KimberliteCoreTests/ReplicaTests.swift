@@ -275,13 +275,32 @@ import Testing
     }
 
     @Test func viewChangeToldOfACommitBeyondTheChosenLogDivergesInsteadOfCrashing() {
-        // Node 1 leads view 3; node 2 claims commit 5 though every log ends at op 2.
+        // Node 1 leads view 3 and its log (log view 2, op 2) is chosen; node 2,
+        // with an older log view, reports commit 5 (a node restored from an old copy, say).
         var primary = committedReplica(1, view: 2, count: 2)
         _ = primary.handle(.message(.startViewChange(view: 3), from: 2))
-        let claim = DoViewChange(view: 3, logView: 1, op: 2, commit: 5, commitChecksum: .zero, suffix: [])
+        let claim = DoViewChange(view: 3, logView: 1, op: 5, commit: 5, commitChecksum: .zero, suffix: [])
         let actions = primary.handle(.message(.doViewChange(claim), from: 2))
         #expect(primary.status == .diverged)
         #expect(primary.divergence == Divergence(op: 5, peer: 2))
         #expect(!actions.contains { if case .send(.startView, _) = $0 { true } else { false } }, "leads nothing")
+    }
+
+    @Test func selfContradictingMessagesAreRefusedBeforeTheyReachAnInvariant() {
+        var backup = committedReplica(3, view: 1, count: 2)
+        let before = backup.durableRecord
+        for message in [Message.commit(view: 1, commit: 9, commitChecksum: .zero, op: 4, sequence: 1),
+                        .prepare(view: 1, commit: 0, entries: []),
+                        .entries(view: 1, commit: 7, lastOp: 3, entries: []),
+                        .startView(StartView(view: 4, op: 1, commit: 3, suffix: []))] {
+            let actions = backup.handle(.message(message, from: 2))
+            #expect(actions.count == 1, "\(message): \(actions)")
+            #expect(actions.contains { if case .note(.refusedMessage) = $0 { true } else { false } }, "\(message)")
+        }
+        #expect(backup.status == .normal && backup.durableRecord == before)
+        // A message from an older view is noted as stale, not acted on.
+        let stale = backup.handle(.message(.startViewChange(view: 0), from: 2))
+        #expect(stale.contains(.note(.staleMessage(name: "start_view_change", view: 0, from: 2))))
+        #expect(backup.view == 1)
     }
 }

@@ -65,6 +65,8 @@ final class ReplicaDriver: @unchecked Sendable {
     /// Since when appends have failed for lack of space (nil: they succeed).
     private var diskFullSince: Date?
     private var diskFullLoggedAt: ContinuousClock.Instant?
+    /// Refused messages are logged at most once every 5 s (they are counted always).
+    private var refusedLoggedAt: ContinuousClock.Instant?
 
     init(replica: Replica, journal: Journal, superblock: Superblock, superblockState: SuperblockState,
          transport: ClusterTransport, registry: RequestRegistry, applier: ApplyEngine, appliedOp: OpNumber,
@@ -262,6 +264,13 @@ final class ReplicaDriver: @unchecked Sendable {
             metadata["peer"] = "\(peer)"
             logger.critical("diverged: \(reason); this node stops serving and voting. Recovery: stop it, move its data directory aside (keep it as evidence), start it with an empty one; it recovers from the leader",
                             metadata: metadata)
+        case .refusedMessage(let name, let from, let reason):
+            metrics.messagesRefused.increment()
+            let now = ContinuousClock.now
+            guard refusedLoggedAt.map({ now - $0 >= .seconds(5) }) ?? true else { return }
+            refusedLoggedAt = now
+            logger.warning("refused a cluster message that contradicts itself: \(reason)",
+                           metadata: ["message": "\(name)", "peer": "\(from)"])
         case .staleMessage(let name, let view, let from):
             metrics.messagesRefused.increment()
             logger.trace("ignored message from an older view", metadata: ["message": "\(name)", "message_view": "\(view)", "peer": "\(from)"])

@@ -41,6 +41,8 @@ struct Simulator {
         var logLosses = 0
         var wipes = 0
         var diskFullSpells = 0
+        /// Replicas restored from an older copy of their own data directory.
+        var restores = 0
         /// Appends refused by a full disk.
         var failedAppends = 0
         var acknowledged = 0
@@ -69,6 +71,9 @@ struct Simulator {
         var journalLostEntries = false
         /// Appends fail (no space left) until this tick.
         var diskFullUntil = 0
+        /// An older copy of the data directory (an operator's backup): what
+        /// was durable then, the superblock and the projection's applied op.
+        var backup: (disk: [LogEntry], superblock: DurableRecord?, appliedOp: OpNumber)? = nil
         var waiters: [UInt64: (client: Int, op: OpNumber, checksum: Checksum)] = [:]
         var restarts = 0
     }
@@ -203,6 +208,11 @@ struct Simulator {
             }
             // The runtime refreshes the superblock's commit number now and then.
             if chance(0.05) { try refreshCommitHint(index) }
+            // Now and then the operator backs up the data directory.
+            if chance(0.005) {
+                let disk = Array(nodes[index].disk.prefix(nodes[index].synced))
+                nodes[index].backup = (disk, nodes[index].superblock, min(nodes[index].appliedOp, OpNumber(disk.count)))
+            }
         }
         for index in nodes.indices where nodes[index].up { try feed(index, .tick) }
         try driveClients()
@@ -286,8 +296,19 @@ struct Simulator {
             node.superblock = nil
             node.appliedOp = 0
             node.journalLostEntries = false
+            node.backup = nil
             statistics.wipes += 1
             log("n\(index + 1) loses its whole data directory")
+        } else if mayLoseData, let backup = node.backup, chance(0.1) {
+            // Restored from its older copy, marked the way a restore marks
+            // it: the replica knows it may be behind what it acknowledged.
+            node.disk = backup.disk
+            node.synced = backup.disk.count
+            node.superblock = backup.superblock
+            node.superblock?.recovering = true
+            node.appliedOp = backup.appliedOp
+            statistics.restores += 1
+            log("n\(index + 1) restored from an older copy with \(backup.disk.count) entries")
         } else if mayLoseData, chance(0.15) {
             node.disk.removeSubrange(Int.random(in: 0...node.disk.count, using: &rng)...)
             node.synced = node.disk.count

@@ -3,14 +3,21 @@
 # cluster on loopback (release build, ports 37000+), then N times kills the
 # leader with SIGKILL and measures until a write through a surviving node
 # succeeds; the killed node is restarted and caught up before the next trial.
+# With --clients N, N clients (scripts/stall_clients.py) write through the two
+# followers during each kill instead, and each trial reports the election
+# time (kill until a survivor names a new leader) and the longest stall any
+# client saw (first attempt of a write until its success, retrying 503/504
+# with the same request number).
 #
-#   scripts/failover.sh [--trials 5] [--debug]
+#   scripts/failover.sh [--trials 5] [--clients 32] [--debug]
 source "$(dirname "$0")/common.sh"
 trials=5
+clients=0
 configuration=release
 while (($#)); do
     case "$1" in
         --trials) trials=$2; shift ;;
+        --clients) clients=$2; shift ;;
         --debug) configuration=debug ;;
         *) die "unknown option $1" ;;
     esac
@@ -32,7 +39,7 @@ write_via() { # node, n
 }
 for n in 1 2 3; do start_node "$n"; done
 create() { curl -fsS -m 2 -XPOST "127.0.0.1:$(loopback_client_port 1)/v1/execute" \
-    -d '{"statements":[{"sql":"CREATE TABLE IF NOT EXISTS failover(id INTEGER PRIMARY KEY, trial INTEGER)"}]}'; }
+    -d '{"statements":[{"sql":"CREATE TABLE IF NOT EXISTS failover(id INTEGER PRIMARY KEY, trial INTEGER)"},{"sql":"CREATE TABLE IF NOT EXISTS stall(id INTEGER PRIMARY KEY, client INTEGER, n INTEGER)"}]}'; }
 wait_for "the cluster to form and take a write" 60 create
 
 caught_up() { # node $1, back in normal status, has committed what node $2 has
@@ -46,6 +53,25 @@ for trial in $(seq 1 "$trials"); do
     wait_for "a leader" 30 loopback_leader 1
     leader=$(loopback_leader 1)
     survivor=$(( leader % 3 + 1 ))
+    if (( clients > 0 )); then
+        other=$(( survivor % 3 + 1 ))
+        python3 "$ROOT/scripts/stall_clients.py" --clients "$clients" --seconds 6 --run "$trial-$$" \
+            --ports "$(loopback_client_port "$survivor"),$(loopback_client_port "$other")" >"$WORK/stall.json" &
+        load=$!
+        sleep 2
+        kill -9 "${pids[$leader]}"
+        killed_at=$(date +%s%N)
+        new_leader() { local id; id=$(loopback_leader "$survivor") && [ "$id" != "$leader" ]; }
+        wait_for "a new leader" 30 new_leader
+        election=$(( ($(date +%s%N) - killed_at) / 1000000 ))
+        wait "$load" || die "the stall clients failed: $(cat "$WORK/stall.json")"
+        stall=$(jq -r .max_stall_ms "$WORK/stall.json")
+        results+=("$election/$stall")
+        log "trial $trial: killed leader $leader; new leader after $election ms; $(cat "$WORK/stall.json")"
+        start_node "$leader"
+        wait_for "node $leader to rejoin" 60 caught_up "$leader" "$survivor"
+        continue
+    fi
     kill -9 "${pids[$leader]}"
     killed_at=$(date +%s%N)
     deadline=$(( $(date +%s) + 30 ))
@@ -59,6 +85,10 @@ for trial in $(seq 1 "$trials"); do
     start_node "$leader"
     wait_for "node $leader to rejoin" 60 caught_up "$leader" "$survivor"
 done
+if (( clients > 0 )); then
+    echo "failover under load ($clients clients writing through followers), $trials trials, election ms / longest client stall ms: ${results[*]} (build: $configuration, default timeouts)"
+    exit 0
+fi
 sorted=$(printf '%s\n' "${results[@]}" | sort -n | tr '\n' ' ')
 median=$(printf '%s\n' "${results[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
 echo "failover (kill -9 of the leader until the next successful write), $trials trials, ms: $sorted(median $median; build: $configuration, default timeouts)"

@@ -574,6 +574,8 @@ public struct Replica: Sendable {
         let lostThrough = op
         truncate(after: min(journalOp, op))
         diskFullAt = now
+        // A new primary fetching the committed prefix resumes from what it kept.
+        viewStartRepairOp = min(viewStartRepairOp, op)
         if status != .recovering && op < logViewClaimOp {
             failPendingReads()
             resetViewChangeState()

@@ -51,14 +51,25 @@ public struct DurableRecord: Equatable, Sendable {
 public struct DurableState: Sendable {
     /// The durable record as start-up decided it (written back before the replica runs).
     public var record: DurableRecord
-    /// Every durable entry, op 1 first.
+    /// The durable entries after `logFloor`, in op order (the journal's
+    /// tail: ops through the floor stay on disk only).
     public var log: [LogEntry]
+    /// The last op not loaded (0: the log is loaded from op 1). At most the
+    /// projection's applied op, so everything not yet applied is in `log`.
+    public var logFloor: OpNumber
+    /// The checksum of op `logFloor` (`.zero` when it is 0).
+    public var floorChecksum: Checksum
     /// A commit number known to be safe (superblock or projection); only a hint.
     public var commitHint: OpNumber
 
-    public init(record: DurableRecord, log: [LogEntry] = [], commitHint: OpNumber = 0) {
-        self.record = record; self.log = log; self.commitHint = commitHint
+    public init(record: DurableRecord, log: [LogEntry] = [], logFloor: OpNumber = 0, floorChecksum: Checksum = .zero,
+                commitHint: OpNumber = 0) {
+        self.record = record; self.log = log; self.logFloor = logFloor; self.floorChecksum = floorChecksum
+        self.commitHint = commitHint
     }
+
+    /// The journal's last op.
+    public var journalOp: OpNumber { logFloor + OpNumber(log.count) }
 }
 
 /// The start-up decision: from what the disk holds to the state the replica
@@ -86,19 +97,21 @@ public enum Startup {
     /// - Parameters:
     ///   - stored: the superblock's record, nil for a data directory that never had one.
     ///   - members: the configured members (used only when `stored` is nil).
-    ///   - log: the journal's entries after its open-time repair, op 1 first.
+    ///   - log: the journal's entries after `logFloor` (its open-time repair done).
+    ///   - logFloor, floorChecksum: the last op not loaded and its checksum
+    ///     (0 and `.zero` for a log loaded whole); at most `appliedOp`.
     ///   - appliedOp: the last op the projection applied (it survives a lost journal).
     ///   - journalLostEntries: the journal quarantined corrupt entries that may have been acknowledged.
-    public static func decide(stored: DurableRecord?, members: [NodeID], log: [LogEntry], appliedOp: OpNumber,
-                              journalLostEntries: Bool) -> Decision {
+    public static func decide(stored: DurableRecord?, members: [NodeID], log: [LogEntry], logFloor: OpNumber = 0,
+                              floorChecksum: Checksum = .zero, appliedOp: OpNumber, journalLostEntries: Bool) -> Decision {
         // A one-node cluster forms on its own; larger ones at formation.
         var record = stored ?? DurableRecord(members: members, formed: members.count == 1)
         let commitHint = max(record.commitNumber, appliedOp)
-        let journalOp = OpNumber(log.count)
+        let journalOp = logFloor + OpNumber(log.count)
         var findings: [Finding] = []
-        let journalEmptied = log.isEmpty && record.logStarted
+        let journalEmptied = journalOp == 0 && record.logStarted
         // Entries made durable just before a crash, ahead of the flag.
-        if !log.isEmpty { record.logStarted = true }
+        if journalOp > 0 { record.logStarted = true }
         if journalOp < commitHint || journalLostEntries || journalEmptied || record.recovering {
             // The log lost entries it may have acknowledged: the replica
             // neither votes nor leads until a primary has sent them again.
@@ -108,6 +121,7 @@ public enum Startup {
         }
         record.commitNumber = commitHint
         if record.members.count > 1 && !record.formed { findings.append(.notJoined(journalOp: journalOp)) }
-        return Decision(durable: DurableState(record: record, log: log, commitHint: commitHint), findings: findings)
+        return Decision(durable: DurableState(record: record, log: log, logFloor: logFloor, floorChecksum: floorChecksum,
+                                              commitHint: commitHint), findings: findings)
     }
 }

@@ -110,6 +110,10 @@ public enum ReplicaEvent: Sendable {
     case clientRequests([ClientRequest], nowMs: Int64)
     /// A strong read wants a linearizable read point.
     case readRequest(id: UInt64)
+    /// The projection has applied (and the journal holds) ops through
+    /// `through`: the replica may drop them from memory, keeping the log
+    /// after them. Older ops are then served from the journal on disk.
+    case releaseMemory(through: OpNumber)
     /// An append failed for lack of space: the journal holds the log through
     /// `journalOp` and nothing after it (later appends of the same batch were
     /// not attempted). The replica drops the rest from memory and recovers.
@@ -160,6 +164,12 @@ public enum ReplicaAction: Sendable, Equatable {
     case truncateLog(after: OpNumber)
     /// Append to the journal; the runtime syncs later and feeds `.persisted`.
     case append([LogEntry])
+    /// Answer a `request_entries` from the journal on disk (the ops are no
+    /// longer in memory): send `to` an `entries(view, commit, lastOp, …)`
+    /// message with the journal's entries `from ... through` (capped at
+    /// `maxMessageBytes`, at least one).
+    case sendEntriesFromJournal(to: NodeID, view: ViewNumber, commit: OpNumber, lastOp: OpNumber,
+                                from: OpNumber, through: OpNumber)
     /// Ops through `through` are committed: apply them to the projection.
     case commit(through: OpNumber)
     /// The request is in the log as `op`; its reply comes when `op` is applied.
@@ -202,8 +212,14 @@ public struct Replica: Sendable {
     public private(set) var status: ReplicaStatus
     /// The latest view in which this replica's status was normal (VRR §4.2).
     public private(set) var logView: ViewNumber
-    /// The log, in memory. Entry for op `n` is `log[n - 1]`.
+    /// The log after `logFloor`, in memory: the entry for op `n` is
+    /// `log[n - logFloor - 1]`. Ops through `logFloor` are committed and
+    /// applied, and live only in the journal on disk.
     public private(set) var log: [LogEntry]
+    /// The last op no longer held in memory (0: the whole log is).
+    public private(set) var logFloor: OpNumber
+    /// The checksum of op `logFloor` (the anchor of `log`'s hash chain).
+    private var floorChecksum: Checksum
     public private(set) var commitNumber: OpNumber
     /// The highest commit number heard of; `commitNumber` follows it as far
     /// as this replica's durable, verified log allows.
@@ -298,10 +314,13 @@ public struct Replica: Sendable {
         self.view = record.view
         self.logView = min(record.logView, record.view)
         self.log = durable.log
+        self.logFloor = durable.logFloor
+        self.floorChecksum = durable.floorChecksum
         for (index, entry) in durable.log.enumerated() {
-            precondition(entry.op == OpNumber(index + 1), "durable log is contiguous from op 1")
+            precondition(entry.op == durable.logFloor + OpNumber(index + 1), "durable log is contiguous after its floor")
         }
-        let op = OpNumber(durable.log.count)
+        precondition(durable.log.first.map { $0.parent == durable.floorChecksum } ?? true, "the log chains onto its floor")
+        let op = durable.logFloor + OpNumber(durable.log.count)
         self.commitNumber = min(durable.commitHint, op)
         self.commitFloor = max(durable.commitHint, record.commitNumber)
         self.durableOp = op
@@ -329,7 +348,7 @@ public struct Replica: Sendable {
             status = .recovering
             recoveryTarget = max(record.recoveryTarget, op)
             verifiedOp = min(verifiedOp, op)
-            formationPending = !formed && !record.recovering && durable.log.isEmpty && record.view == 0
+            formationPending = !formed && !record.recovering && op == 0 && record.view == 0
         } else if configuration.members.count == 1 {
             // A one-node cluster is its own quorum.
             status = .normal
@@ -358,7 +377,7 @@ public struct Replica: Sendable {
 
     // MARK: - Derived state
 
-    public var op: OpNumber { OpNumber(log.count) }
+    public var op: OpNumber { logFloor + OpNumber(log.count) }
     public var selfID: NodeID { configuration.selfID }
     public func primary(of view: ViewNumber) -> NodeID {
         configuration.members[Int(view % UInt64(configuration.members.count))]
@@ -371,20 +390,28 @@ public struct Replica: Sendable {
     /// log it started its view with.
     public var hasCommittedViewStart: Bool { status == .normal && isPrimary && commitNumber >= viewStartOp }
 
+    /// The entry for `op` if it is in memory (after `logFloor`).
     public func entry(_ op: OpNumber) -> LogEntry? {
-        guard op >= 1, op <= self.op else { return nil }
-        return log[Int(op - 1)]
+        guard op > logFloor, op <= self.op else { return nil }
+        return log[Int(op - logFloor - 1)]
     }
 
-    /// Entries `from ... through`, clamped to the log.
+    /// Entries `from ... through`, clamped to what is in memory.
     public func entries(from: OpNumber, through: OpNumber) -> ArraySlice<LogEntry> {
-        let low = max(from, 1), high = min(through, op)
+        let low = max(from, logFloor + 1), high = min(through, op)
         guard low <= high else { return [] }
-        return log[Int(low - 1)..<Int(high)]
+        return log[Int(low - logFloor - 1)..<Int(high - logFloor)]
     }
 
     private var others: [NodeID] { configuration.members.filter { $0 != selfID } }
-    private func checksum(at op: OpNumber) -> Checksum { entry(op)?.checksum ?? .zero }
+    private func checksum(at op: OpNumber) -> Checksum { op == logFloor ? floorChecksum : entry(op)?.checksum ?? .zero }
+
+    /// Whether this replica's entry at `op` has checksum `expected`. Below
+    /// the memory floor the ops are committed and so agree with every
+    /// committed log (the journal holds them; memory does not).
+    private func agrees(at op: OpNumber, with expected: Checksum) -> Bool {
+        op < logFloor ? op <= commitNumber : checksum(at: op) == expected
+    }
 
     // MARK: - Driving
 
@@ -402,6 +429,7 @@ public struct Replica: Sendable {
         case .clientRequests(let requests, let nowMs): onClientRequests(requests, nowMs: nowMs)
         case .readRequest(let id): onReadRequest(id)
         case .appendFailed(let journalOp): onAppendFailed(journalOp: journalOp)
+        case .releaseMemory(let through): releaseMemory(through: through)
         case .message(let message, let from):
             if configuration.members.contains(from), from != selfID { onMessage(message, from: from) }
         }
@@ -423,9 +451,21 @@ public struct Replica: Sendable {
             emit(.readFailed(id: id))
         case .appendFailed(let journalOp):
             truncate(after: min(journalOp, op))
+        case .releaseMemory(let through):
+            releaseMemory(through: through)
         case .tick, .persisted, .message:
             break
         }
+    }
+
+    /// Drops committed, durable ops through `through` from memory; the
+    /// journal keeps them (and serves repairs of them).
+    private mutating func releaseMemory(through: OpNumber) {
+        let target = min(through, commitNumber, durableOp)
+        guard target > logFloor else { return }
+        floorChecksum = checksum(at: target)
+        log.removeFirst(Int(target - logFloor))
+        logFloor = target
     }
 
     /// Enters `diverged`: never a crash on what a peer sends, never serving
@@ -442,6 +482,7 @@ public struct Replica: Sendable {
 
     private func checkInvariants() {
         precondition(commitNumber <= op, "commit \(commitNumber) <= op \(op)")
+        precondition(logFloor <= commitNumber, "only committed ops leave memory")
         precondition(verifiedOp <= op && durableOp <= op, "verified/durable within the log")
         precondition(commitNumber <= durableOp, "commit \(commitNumber) <= durable \(durableOp)")
         precondition(logView <= view, "log view <= view")
@@ -1030,7 +1071,9 @@ public struct Replica: Sendable {
     /// - a backup sends prepare_ok only when `logView == view`;
     /// - entries are replaced only from the first one that differs; every
     ///   entry after a differing one is uncommitted, so dropping it is safe.
-    private mutating func acceptEntries(_ entries: [LogEntry], primaryCommit: OpNumber, primaryOp: OpNumber, from: NodeID) {
+    private mutating func acceptEntries(_ received: [LogEntry], primaryCommit: OpNumber, primaryOp: OpNumber, from: NodeID) {
+        // Ops through the memory floor are committed here (and on disk).
+        let entries = received.first.map { $0.op > logFloor } ?? true ? received : received.filter { $0.op > logFloor }
         if let first = entries.first, entriesAreWellFormed(entries, from: from) {
             let anchor = first.op - 1
             if anchor >= 1, anchor <= commitNumber, checksum(at: anchor) != first.parent {
@@ -1095,7 +1138,7 @@ public struct Replica: Sendable {
 
     /// The longest prefix of `entries` under `maxBytes` (payload plus a
     /// header estimate), never empty: one message stays a bounded frame.
-    static func prefix(_ entries: ArraySlice<LogEntry>, maxBytes: Int) -> [LogEntry] {
+    public static func prefix(_ entries: ArraySlice<LogEntry>, maxBytes: Int) -> [LogEntry] {
         var bytes = 0
         var count = 0
         for entry in entries {
@@ -1110,7 +1153,7 @@ public struct Replica: Sendable {
     private mutating func truncate(after: OpNumber) {
         guard after < op else { return }
         precondition(after >= commitNumber, "never truncate committed ops (\(after) < \(commitNumber))")
-        log.removeSubrange(Int(after)...)
+        log.removeSubrange(Int(after - logFloor)...)
         durableOp = min(durableOp, after)
         verifiedOp = min(verifiedOp, after)
         lastAckedOp = min(lastAckedOp, after)
@@ -1154,8 +1197,14 @@ public struct Replica: Sendable {
         let viewChangeServer = status == .viewChange && requester == primary(of: view)
         guard normalPrimary || viewChangeServer else { return }
         let through = normalPrimary ? op : commitNumber
-        let chunk = Self.prefix(entries(from: first, through: min(through, first + OpNumber(configuration.maxEntriesPerMessage) - 1)),
-                                maxBytes: configuration.maxMessageBytes)
+        let last = min(through, first + OpNumber(configuration.maxEntriesPerMessage) - 1)
+        if first <= logFloor {
+            // Out of memory: the runtime reads them from the journal.
+            emit(.sendEntriesFromJournal(to: requester, view: view, commit: commitNumber, lastOp: through,
+                                         from: first, through: min(last, logFloor)))
+            return
+        }
+        let chunk = Self.prefix(entries(from: first, through: last), maxBytes: configuration.maxMessageBytes)
         send(.entries(view: view, commit: commitNumber, lastOp: through, entries: chunk), to: requester)
     }
 
@@ -1261,7 +1310,7 @@ public struct Replica: Sendable {
             (a.value.logView, a.value.op, a.key) < (b.value.logView, b.value.op, b.key)
         }!
         let newCommit = doViewChanges.values.map(\.commit).max()!
-        if chosen.commit <= op, checksum(at: chosen.commit) == chosen.commitChecksum {
+        if chosen.commit <= op, agrees(at: chosen.commit, with: chosen.commitChecksum) {
             completeViewStart(chosen: chosen, commit: newCommit)
         } else {
             // We lack (or hold a different copy of) the committed prefix the
@@ -1299,7 +1348,7 @@ public struct Replica: Sendable {
         }
         repairRequestedAt = nil
         if viewStartRepairOp >= pending.chosen.commit {
-            guard checksum(at: pending.chosen.commit) == pending.chosen.commitChecksum else { return }
+            guard agrees(at: pending.chosen.commit, with: pending.chosen.commitChecksum) else { return }
             completeViewStart(chosen: pending.chosen, commit: pending.commit)
         } else {
             requestRepair(from: pending.from, op: viewStartRepairOp + 1)
@@ -1320,9 +1369,13 @@ public struct Replica: Sendable {
         // checksum), then the chosen suffix.
         var divergeAt = chosen.commit + 1
         for entry in chosen.suffix {
-            guard let mine = self.entry(entry.op), mine.checksum == entry.checksum else { break }
+            // Ops through the memory floor are committed here: they agree.
+            if entry.op > logFloor {
+                guard let mine = self.entry(entry.op), mine.checksum == entry.checksum else { break }
+            }
             divergeAt = entry.op + 1
         }
+        divergeAt = max(divergeAt, logFloor + 1)
         if divergeAt <= commitNumber {
             let sender = doViewChanges.first { $0.value == chosen }?.key ?? selfID
             diverge(op: divergeAt, peer: sender, reason: "committed op \(divergeAt) differs from the chosen log's")

@@ -37,6 +37,8 @@ import Testing
                 totals.diskFullSpells += statistics.diskFullSpells
                 totals.failedAppends += statistics.failedAppends
                 totals.restores += statistics.restores
+                totals.memoryReleases += statistics.memoryReleases
+                totals.journalReads += statistics.journalReads
             }
             return (totals, nil)
         }
@@ -44,7 +46,7 @@ import Testing
             Issue.record(Comment(rawValue: failure))
             return
         }
-        print("simulation seeds \(seeds): view changes \(totals.viewChanges), crashes \(totals.crashes), partitions \(totals.partitions), lost logs \(totals.logLosses), wiped data directories \(totals.wipes), acknowledged writes \(totals.acknowledged), prepared from a full pipeline's queue \(totals.preparedFromQueue), disk-full spells \(totals.diskFullSpells), appends refused by a full disk \(totals.failedAppends), restored from an older copy \(totals.restores)")
+        print("simulation seeds \(seeds): view changes \(totals.viewChanges), crashes \(totals.crashes), partitions \(totals.partitions), lost logs \(totals.logLosses), wiped data directories \(totals.wipes), acknowledged writes \(totals.acknowledged), prepared from a full pipeline's queue \(totals.preparedFromQueue), disk-full spells \(totals.diskFullSpells), appends refused by a full disk \(totals.failedAppends), restored from an older copy \(totals.restores), repairs served from the journal \(totals.journalReads)")
         // A range that saw no faults tested nothing.
         #expect(totals.viewChanges > 0, "no view change happened in seeds \(seeds)")
         #expect(totals.crashes > 0, "no crash-restart happened in seeds \(seeds)")
@@ -53,6 +55,7 @@ import Testing
         #expect(totals.acknowledged > 0)
         #expect(totals.failedAppends > 0, "no append met a full disk in seeds \(seeds)")
         #expect(totals.restores > 0, "no replica was restored from an older copy in seeds \(seeds)")
+        #expect(totals.journalReads > 0, "no repair was served from the journal (ops below the memory floor) in seeds \(seeds)")
         #expect(totals.preparedFromQueue > 0, "no primary queued a request behind a full pipeline in seeds \(seeds)")
     }
 

@@ -41,6 +41,9 @@ struct Simulator {
         var logLosses = 0
         var wipes = 0
         var diskFullSpells = 0
+        /// Releases of applied ops from memory, and repairs served from the journal.
+        var memoryReleases = 0
+        var journalReads = 0
         /// Replicas restored from an older copy of their own data directory.
         var restores = 0
         /// Appends refused by a full disk.
@@ -208,6 +211,12 @@ struct Simulator {
             }
             // The runtime refreshes the superblock's commit number now and then.
             if chance(0.05) { try refreshCommitHint(index) }
+            // ... and lets the replica drop applied ops from memory.
+            if chance(0.05), nodes[index].checkedCommit > 0 {
+                let through = OpNumber.random(in: 0...nodes[index].checkedCommit, using: &rng)
+                try feed(index, .releaseMemory(through: through))
+                statistics.memoryReleases += 1
+            }
             // Now and then the operator backs up the data directory.
             if chance(0.005) {
                 let disk = Array(nodes[index].disk.prefix(nodes[index].synced))
@@ -327,8 +336,11 @@ struct Simulator {
     private mutating func restart(_ index: Int) {
         let node = nodes[index]
         let configuration = node.replica.configuration
-        // The server's own start-up decision, on what this disk holds.
-        let start = Startup.decide(stored: node.superblock, members: configuration.members, log: node.disk,
+        // The server's own start-up decision, on what this disk holds; like
+        // the server, it loads only the journal's tail after some applied op.
+        let floor = chance(0.5) ? Int.random(in: 0...Int(min(node.appliedOp, OpNumber(node.disk.count))), using: &rng) : 0
+        let start = Startup.decide(stored: node.superblock, members: configuration.members, log: Array(node.disk[floor...]),
+                                   logFloor: OpNumber(floor), floorChecksum: floor == 0 ? .zero : node.disk[floor - 1].checksum,
                                    appliedOp: node.appliedOp, journalLostEntries: node.journalLostEntries)
         let durable = start.durable
         nodes[index].journalLostEntries = false
@@ -359,13 +371,7 @@ struct Simulator {
             if appendFailed, case .truncateLog = action {} else if appendFailed { continue }
             switch action {
             case .send(let message, let to):
-                guard !(faultsActive && chance(options.dropProbability)) else { continue }
-                let delay = Int.random(in: 1...options.maxDelayTicks, using: &rng)
-                network.append(InFlight(deliverAt: tick + delay, from: selfID, to: to, message: message))
-                if faultsActive, chance(options.duplicateProbability) {
-                    network.append(InFlight(deliverAt: tick + delay + Int.random(in: 1...5, using: &rng),
-                                            from: selfID, to: to, message: message))
-                }
+                transmit(message, from: selfID, to: to)
             case .persistDurable(let record):
                 // Only a recovering replica (which does not vote) may follow a lower view.
                 let stored = nodes[index].superblock
@@ -383,6 +389,14 @@ struct Simulator {
                 guard Int(after) <= nodes[index].disk.count || appendFailed else { throw fail("truncate past the end") }
                 if Int(after) < nodes[index].disk.count { nodes[index].disk.removeSubrange(Int(after)...) }
                 nodes[index].synced = min(nodes[index].synced, Int(after))
+            case .sendEntriesFromJournal(let to, let view, let commit, let lastOp, let from, let through):
+                // The runtime reads the journal: here, the disk.
+                guard from >= 1, through <= OpNumber(nodes[index].disk.count), from <= through else {
+                    throw fail("n\(selfID) asked to send ops \(from)...\(through) from a journal of \(nodes[index].disk.count)")
+                }
+                let entries = Replica.prefix(nodes[index].disk[Int(from - 1)..<Int(through)], maxBytes: 8 << 20)
+                statistics.journalReads += 1
+                transmit(.entries(view: view, commit: commit, lastOp: lastOp, entries: entries), from: selfID, to: to)
             case .append(let entries):
                 if faultsActive && nodes[index].diskFullUntil > tick {
                     appendFailed = true
@@ -423,14 +437,25 @@ struct Simulator {
         }
         // The disk must mirror the replica's log exactly.
         let replica = nodes[index].replica
-        guard nodes[index].disk.count == replica.log.count,
-              nodes[index].disk.last?.checksum == replica.log.last?.checksum else {
-            throw fail("n\(selfID) disk (\(nodes[index].disk.count)) and memory (\(replica.log.count)) logs differ")
+        let inMemory = replica.entries(from: replica.logFloor + 1, through: replica.op)
+        guard OpNumber(nodes[index].disk.count) == replica.op,
+              inMemory.allSatisfy({ nodes[index].disk[Int($0.op - 1)].checksum == $0.checksum }) else {
+            throw fail("n\(selfID) disk (\(nodes[index].disk.count)) and memory (op \(replica.op), floor \(replica.logFloor)) logs differ")
         }
         guard OpNumber(nodes[index].synced) >= replica.durableOp else {
             throw fail("n\(selfID) claims durable \(replica.durableOp) but disk synced \(nodes[index].synced)")
         }
         try checkWaiters(index)
+    }
+
+    /// Puts a message on the network: maybe dropped, delayed, duplicated.
+    private mutating func transmit(_ message: Message, from: NodeID, to: NodeID) {
+        guard !(faultsActive && chance(options.dropProbability)) else { return }
+        let delay = Int.random(in: 1...options.maxDelayTicks, using: &rng)
+        network.append(InFlight(deliverAt: tick + delay, from: from, to: to, message: message))
+        if faultsActive, chance(options.duplicateProbability) {
+            network.append(InFlight(deliverAt: tick + delay + Int.random(in: 1...5, using: &rng), from: from, to: to, message: message))
+        }
     }
 
     private var requestOwners: [UInt64: Int] = [:]
@@ -505,22 +530,26 @@ struct Simulator {
 
     // MARK: - Final checks
 
+    /// Checked on the journals (the disks), which hold every op; memory
+    /// holds only the tail after each replica's floor.
     private func checkFinalState() throws {
         for node in nodes {
             let replica = node.replica
+            let disk = node.disk
+            func journal(_ op: OpNumber) -> LogEntry? { op >= 1 && op <= OpNumber(disk.count) ? disk[Int(op - 1)] : nil }
             for (op, checksum) in committed where op <= replica.commitNumber {
-                guard replica.entry(op)?.checksum == checksum else {
+                guard journal(op)?.checksum == checksum else {
                     throw fail("SAFETY: n\(replica.selfID) holds a different op \(op) than was committed")
                 }
             }
             for ack in acknowledged {
-                guard replica.entry(ack.op)?.checksum == ack.checksum else {
+                guard journal(ack.op)?.checksum == ack.checksum else {
                     throw fail("SAFETY: acknowledged op \(ack.op) missing on n\(replica.selfID); \(stateSummary())")
                 }
             }
-            for (index, entry) in replica.log.enumerated() {
+            for (index, entry) in disk.enumerated() {
                 guard entry.isIntact, entry.op == OpNumber(index + 1),
-                      entry.parent == (index == 0 ? .zero : replica.log[index - 1].checksum) else {
+                      entry.parent == (index == 0 ? .zero : disk[index - 1].checksum) else {
                     throw fail("n\(replica.selfID) log broken at op \(index + 1)")
                 }
             }

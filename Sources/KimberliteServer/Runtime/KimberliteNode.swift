@@ -117,7 +117,7 @@ public final class KimberliteNode: @unchecked Sendable {
             logger.warning("configuration key is accepted but not in effect yet", metadata: ["key": "\(key)"])
         }
         logger.info("opened data directory", metadata: [
-            "data_dir": "\(config.storage.dataDir)", "op": "\(durable.log.count)", "applied_op": "\(appliedOp)",
+            "data_dir": "\(config.storage.dataDir)", "op": "\(durable.journalOp)", "applied_op": "\(appliedOp)",
             "view": "\(durable.record.view)", "members": "\(members.map(\.nodeID))", "sync_mode": "\(config.storage.syncMode.rawValue)",
         ])
     }

@@ -41,11 +41,17 @@ struct NodeStorage {
                          metadata: ["segment": "\(corruption.segment)", "offset": "\(corruption.offset)", "op": "\(corruption.op)"])
             try journal.quarantineCorruption()
         }
-        let log = try journal.loadAll()
         let projection = try Projection(directory: dataDirectory.projectionsDirectory, logger: layer("projection"))
+        // Only the journal's tail is loaded: from a little below the applied
+        // op (memory does not grow with the log), so everything not applied
+        // yet, and every uncommitted op, is in memory.
+        let retained = ReplicaDriver.retainedAppliedOps
+        let floor = min(journal.lastOp, projection.appliedOp > retained ? projection.appliedOp - retained : 0)
+        let log = try journal.entries(from: floor + 1, through: journal.lastOp)
+        let floorChecksum = floor == 0 ? Checksum.zero : try journal.entries(from: floor, through: floor)[0].checksum
 
-        let start = Startup.decide(stored: stored?.record, members: members, log: log, appliedOp: projection.appliedOp,
-                                   journalLostEntries: journalLostEntries)
+        let start = Startup.decide(stored: stored?.record, members: members, log: log, logFloor: floor, floorChecksum: floorChecksum,
+                                   appliedOp: projection.appliedOp, journalLostEntries: journalLostEntries)
         let durable = start.durable
         for finding in start.findings {
             switch finding {

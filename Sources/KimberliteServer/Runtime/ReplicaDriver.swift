@@ -129,7 +129,21 @@ final class ReplicaDriver: @unchecked Sendable {
             perform(replica.handle(.persisted(throughOp: journal.lastOp)))
         }
         persistCommitHintIfDue()
+        releaseAppliedOps()
         publish()
+    }
+
+    /// Ops kept in memory below the applied op, so recent repairs and view
+    /// changes read memory; older ones are read from the journal.
+    static let retainedAppliedOps: OpNumber = 1024
+
+    /// Lets the replica drop applied ops from memory (in steps of
+    /// `retainedAppliedOps`, so the array shifts rarely): a node's memory
+    /// does not grow with the number of entries it has written.
+    private func releaseAppliedOps() {
+        let applied = registry.appliedOp
+        guard applied > replica.logFloor + 2 * Self.retainedAppliedOps else { return }
+        perform(replica.handle(.releaseMemory(through: applied - Self.retainedAppliedOps)))
     }
 
     private func perform(_ actions: [ReplicaAction]) {
@@ -146,6 +160,16 @@ final class ReplicaDriver: @unchecked Sendable {
             switch action {
             case .send(let message, let to):
                 transport.send(.vsr(message), to: to)
+            case .sendEntriesFromJournal(let to, let view, let commit, let lastOp, let from, let through):
+                do {
+                    let entries = Replica.prefix(try journal.entries(from: from, through: through)[...],
+                                                 maxBytes: replica.configuration.maxMessageBytes)
+                    transport.send(.vsr(.entries(view: view, commit: commit, lastOp: lastOp, entries: entries)), to: to)
+                } catch {
+                    // The requester asks again; the journal's own checks logged what failed.
+                    logger.error("cannot read ops from the journal to repair a peer", metadata: [
+                        "peer": "\(to)", "from_op": "\(from)", "through_op": "\(through)", "error": "\(error)"])
+                }
             case .persistDurable(let record):
                 // The record vouches for the log (log view): the entries it
                 // vouches for must be durable first.

@@ -175,6 +175,9 @@ final class RequestRegistry: @unchecked Sendable {
     }
 
     /// Sets the applied op at start-up (the projection's recorded position).
+    /// The last op the projection applied.
+    var appliedOp: OpNumber { state.withLockedValue { $0.appliedOp } }
+
     func setApplied(_ op: OpNumber) {
         state.withLockedValue { $0.appliedOp = max($0.appliedOp, op) }
     }

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Memory as the log grows: starts a three-node cluster on loopback (release
+# build, ports 47000+), writes entries of 4 KiB (an INSERT and a DELETE of the
+# same row in one entry, so the database stays small while the log grows),
+# and prints each node's resident memory before, after ~80 MB of log, and
+# after ~160 MB (the figure should stay flat as the log grows).
+#
+#   scripts/memory-bench.sh [--entries 20000] [--debug]
+source "$(dirname "$0")/common.sh"
+entries=20000
+configuration=release
+while (($#)); do
+    case "$1" in
+        --entries) entries=$2; shift ;;
+        --debug) configuration=debug ;;
+        *) die "unknown option $1" ;;
+    esac
+    shift
+done
+install_dependencies
+cd "$ROOT"
+swift build -c "$configuration" --product kimberlite-server >/dev/null
+WORK=$(mktemp -d /tmp/kmb-memory.XXXXXX)
+declare -A pids
+cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+LOOPBACK_BIN="$ROOT/.build/$configuration/kimberlite-server" LOOPBACK_WORK=$WORK LOOPBACK_BASE=47000 LOOPBACK_METRICS_BASE=49090
+for n in 1 2 3; do loopback_node_start "$n" KMB_LOG_LEVEL=warn; pids[$n]=$LOOPBACK_PID; done
+wait_for "a leader" 60 loopback_leader
+leader=$(loopback_leader)
+port=$(loopback_client_port "$leader")
+curl -fsS -XPOST "127.0.0.1:$port/v1/execute" \
+    -d '{"statements":[{"sql":"CREATE TABLE IF NOT EXISTS blobs(id INTEGER PRIMARY KEY, body TEXT)"}]}' >/dev/null
+
+rss() { for n in 1 2 3; do printf 'node%s%s=%s MB ' "$n" "$([ "$n" = "$leader" ] && echo '(leader)')" \
+    "$(( $(awk '/VmRSS/ {print $2}' "/proc/${pids[$n]}/status") / 1024 ))"; done; }
+log_mb() { du -sm "$WORK/node$leader/log" | cut -f1; }
+
+write_entries() { # count, offset
+    python3 - "$port" "$1" "$2" <<'EOF'
+import http.client, json, sys, threading
+port, count, offset = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+body = "x" * 4000
+def worker(w):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for i in range(w, count, 16):
+        n = offset + i
+        c.request("POST", "/v1/execute", json.dumps({"statements": [
+            {"sql": "INSERT INTO blobs(id, body) VALUES (?, ?)", "params": [n, body]},
+            {"sql": "DELETE FROM blobs WHERE id = ?", "params": [n]}]}))
+        r = c.getresponse(); r.read()
+        if r.status != 200: raise SystemExit(f"write {n}: {r.status}")
+threads = [threading.Thread(target=worker, args=(w,)) for w in range(16)]
+[t.start() for t in threads]; [t.join() for t in threads]
+EOF
+}
+settled() { # every node has applied what the leader committed
+    local commit applied n
+    commit=$(curl -fsS -m 1 "127.0.0.1:$((LOOPBACK_METRICS_BASE + leader))/status" | jq .commit_number) || return 1
+    for n in 1 2 3; do
+        applied=$(curl -fsS -m 1 "127.0.0.1:$((LOOPBACK_METRICS_BASE + n))/status" | jq .projection.applied_op) || return 1
+        [ "$applied" -ge "$commit" ] || return 1
+    done
+}
+before=$(rss)
+write_entries "$entries" 0
+wait_for "every node to apply the writes" 120 settled
+after=$(rss); first_mb=$(log_mb)
+write_entries "$entries" "$entries"
+wait_for "every node to apply the writes" 120 settled
+again=$(rss); second_mb=$(log_mb)
+echo "memory (RSS) with entries of 4 KiB, three nodes, build $configuration:"
+echo "  before:                       $before"
+echo "  after $entries entries (${first_mb} MB of log): $after"
+echo "  after $((2 * entries)) entries (${second_mb} MB of log): $again"

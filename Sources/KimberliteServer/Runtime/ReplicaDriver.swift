@@ -46,6 +46,9 @@ final class ReplicaDriver: @unchecked Sendable {
     private var enqueuedForApply: OpNumber
     private let published = NIOLockedValueBox(ReplicaSnapshot())
     private var lastLeader: NodeID?? = .none
+    /// Runs on the driver thread after every batch (set before `start()`):
+    /// the systemd watchdog ping, so a stuck replica loop stops the pings.
+    var afterBatch: (@Sendable () -> Void)?
 
     init(replica: Replica, journal: Journal, superblock: Superblock, superblockState: SuperblockState,
          transport: ClusterTransport, registry: RequestRegistry, applier: ApplyEngine, appliedOp: OpNumber,
@@ -115,6 +118,7 @@ final class ReplicaDriver: @unchecked Sendable {
         }
         persistCommitHintIfDue()
         publish()
+        afterBatch?()
     }
 
     private func perform(_ actions: [ReplicaAction]) {

@@ -37,7 +37,8 @@ failed=0
 
 pass() { echo "PASS $1"; passed=$((passed + 1)); }
 fail() { echo "FAIL $1${2:+: $2}"; failed=$((failed + 1)); }
-info() { echo "     $*"; }
+exec 3>&1   # info lines reach the terminal even from inside a check
+info() { echo "     $*" >&3; }
 # check NAME COMMAND...: PASS when the command exits 0.
 check() {
     local name=$1; shift
@@ -241,9 +242,12 @@ info "node 2 journal: $(jq -s 'length' "$WORK/journal2.json" 2>/dev/null) record
 
 # ---- the operator guide's host commands, as written ---------------------------------
 POST() { curl -fsS -m 10 -XPOST "http://$(node_ip "$1"):7000$2" -H 'content-type: application/json' -d "$3"; }
-POST "${NODES[0]}" /v1/execute '{"statements":[{"sql":"CREATE TABLE IF NOT EXISTS writes (id INTEGER PRIMARY KEY, client TEXT)"}]}' >/dev/null
+# Stale reads, so node 1 serves (and logs) them itself; slow_query_threshold is 0ms here.
+POST "${NODES[0]}" /v1/execute '{"statements":[{"sql":"CREATE TABLE IF NOT EXISTS guide (id INTEGER PRIMARY KEY)"}]}' >/dev/null \
+    || info "creating table guide through node 1 failed"
 for i in 1 2 3 4 5; do
-    POST "${NODES[0]}" /v1/query "{\"sql\":\"SELECT count(*) FROM writes WHERE id > $i\"}" >/dev/null
+    POST "${NODES[0]}" /v1/query "{\"sql\":\"SELECT count(*) FROM guide WHERE id > $i\",\"consistency\":\"stale\"}" >/dev/null \
+        || info "stale query $i on node 1 failed"
 done
 check "guide: curl http://localhost:9090/status | jq" onsh "${NODES[0]}" 'curl -s http://localhost:9090/status | jq -e .leader_id'
 check "guide: journalctl -u kimberlite -n 100 --no-pager" \
@@ -259,6 +263,20 @@ slow_queries() {
 }
 check "guide: grep \"query_duration_ms\" /var/log/kimberlite/server.log | sort -k4 -n | tail -20" poll 10 slow_queries
 info "slowest: $(tail -1 "$WORK/slow.txt" | cut -c1-140)"
+
+# logrotate's way: move the file, then `systemctl reload` (SIGHUP, RELOADING=1/READY=1) reopens it.
+reload_reopens() {
+    local pid; pid=$(on "${NODES[0]}" systemctl show kimberlite -p MainPID --value)
+    onsh "${NODES[0]}" 'mv /var/log/kimberlite/server.log /var/log/kimberlite/server.log.1 && systemctl reload kimberlite' || return 1
+    [ "$(on "${NODES[0]}" systemctl show kimberlite -p MainPID --value)" = "$pid" ] || { echo "reload restarted the server"; return 1; }
+    on "${NODES[0]}" systemctl is-active -q kimberlite || return 1
+    reopened() {
+        POST "${NODES[0]}" /v1/query '{"sql":"SELECT 1","consistency":"stale"}' >/dev/null
+        on "${NODES[0]}" grep -q query_duration_ms /var/log/kimberlite/server.log
+    }
+    poll 15 reopened
+}
+check "systemctl reload kimberlite reopens the moved log file without a restart" reload_reopens
 
 # RUST_LOG, the guide's permanent form, on node 3; the role puts the file back afterwards.
 debug_records() {
@@ -300,7 +318,7 @@ watchdog() {
     before=$(restarts); pid=$(main_pid)
     [ "$pid" -gt 0 ] || return 1
     started=$(date +%s)
-    on "$WATCHED" kill -STOP "$pid" || return 1
+    onsh "$WATCHED" "kill -STOP $pid" || return 1
     grown() { [ "$(restarts)" -gt "$before" ]; }
     poll 60 grown || { echo "NRestarts stayed $before"; return 1; }
     info "SIGSTOP of pid $pid: killed by the watchdog and restarted after $(( $(date +%s) - started )) s (NRestarts $before -> $(restarts), new pid $(main_pid))"
@@ -310,8 +328,12 @@ check "watchdog: a SIGSTOPped server is killed after WatchdogSec and restarted (
 check "watchdog: the restarted node rejoins (cluster healthy)" poll 90 healthy_cluster
 
 # ---- firewall ------------------------------------------------------------------------------------
-check "firewall: nft list ruleset restricts 7001 to the members" \
-    bash -c "$DOCKER exec ${NODES[0]} nft list ruleset | tee '$WORK/ruleset.txt' | grep -q 'tcp dport 7001 ip saddr @cluster_members accept' && grep -q 'tcp dport 7001 drop' '$WORK/ruleset.txt'"
+# (Docker's own nat table in the container makes nft warn on stderr; the rules are on stdout.)
+ruleset_restricts_7001() {
+    on "${NODES[0]}" nft list ruleset >"$WORK/ruleset.txt" 2>"$WORK/ruleset.err" || { cat "$WORK/ruleset.err"; return 1; }
+    grep -q 'tcp dport 7001 ip saddr @cluster_members accept' "$WORK/ruleset.txt" && grep -q 'tcp dport 7001 drop' "$WORK/ruleset.txt"
+}
+check "firewall: nft list ruleset restricts 7001 to the members" ruleset_restricts_7001
 reach() { "$DOCKER" exec "$1" timeout 3 bash -c "exec 3<>/dev/tcp/$2/$3"; }
 check "firewall: a member connects to node1:7001" reach "${NODES[1]}" "${NODES[0]}" 7001
 unreachable() { ! reach "$@"; }

@@ -125,4 +125,35 @@ import Testing
         #expect(SystemdNotifier.statusText(status: "view_change", view: 6, leader: nil, commit: 12)
                 == "view_change · view 6 · leader none · commit 12")
     }
+
+    @Test func readyOnceJoinedWithListenersUpAndStatusOnlyOnChange() {
+        var progress = SystemdNotifier.Progress()
+        func beat(_ status: String, view: UInt64 = 3, leader: UInt8? = 1, op: UInt64 = 0, commit: UInt64 = 0,
+                  recovering: Bool = false) -> [String] {
+            progress.heartbeat(status: status, view: view, leader: leader, op: op, commit: commit, recovering: recovering,
+                               listenersNeeded: 2, extendBy: .seconds(30))
+        }
+        // Joined, but the HTTP listeners are not up yet: status only.
+        #expect(beat("normal") == ["STATUS=normal · view 3 · leader 1 · commit 0"])
+        progress.listenersUp = 2
+        #expect(beat("normal") == ["READY=1"])
+        #expect(beat("normal") == [])
+        #expect(beat("normal", commit: 7) == ["STATUS=normal · view 3 · leader 1 · commit 7"])
+        #expect(beat("view_change", view: 4, leader: nil, commit: 7) == ["STATUS=view_change · view 4 · leader none · commit 7"])
+        progress.stopping = true
+        #expect(beat("normal", view: 5, commit: 9) == [])
+    }
+
+    @Test func noReadyWithoutLeaderButExtendWhileRecoveryProgresses() {
+        var progress = SystemdNotifier.Progress()
+        progress.listenersUp = 2
+        func beat(_ status: String, leader: UInt8?, op: UInt64, recovering: Bool = false) -> [String] {
+            progress.heartbeat(status: status, view: 1, leader: leader, op: op, commit: 0, recovering: recovering,
+                               listenersNeeded: 2, extendBy: .seconds(30))
+        }
+        #expect(beat("view_change", leader: nil, op: 0) == ["STATUS=view_change · view 1 · leader none · commit 0"])
+        #expect(beat("view_change", leader: nil, op: 0) == [])          // no progress, no extension
+        #expect(beat("view_change", leader: nil, op: 40) == ["EXTEND_TIMEOUT_USEC=30000000"])
+        #expect(beat("recovering", leader: nil, op: 40, recovering: true).contains("READY=1"))
+    }
 }

@@ -14,13 +14,45 @@ import Synchronization
 /// Everything is a no-op when `NOTIFY_SOCKET` is unset (not under systemd,
 /// or in Docker), so the runtime calls it unconditionally.
 public final class SystemdNotifier: Sendable {
+    /// What the notifier has told systemd so far, and the pure decision of
+    /// what to tell it on the next heartbeat (unit-tested without a socket).
+    public struct Progress: Sendable, Equatable {
+        public var ready = false
+        public var stopping = false
+        public var listenersUp = 0
+        public var lastStatus = ""
+        public var lastProgressOp: UInt64 = 0
+
+        public init() {}
+
+        /// The notification lines for one heartbeat: `STATUS=` when the text
+        /// changed; `READY=1` once, when `listenersNeeded` listeners are up
+        /// and the node is normal with a leader or recovering; before that,
+        /// `EXTEND_TIMEOUT_USEC=` while the node recovers or its op grows.
+        /// Nothing after `STOPPING=1`.
+        public mutating func heartbeat(status: String, view: UInt64, leader: UInt8?, op: UInt64, commit: UInt64,
+                                       recovering: Bool, listenersNeeded: Int, extendBy: Duration) -> [String] {
+            guard !stopping else { return [] }
+            var lines: [String] = []
+            let text = SystemdNotifier.statusText(status: status, view: view, leader: leader, commit: commit)
+            if text != lastStatus {
+                lastStatus = text
+                lines.append("STATUS=\(text)")
+            }
+            if !ready, listenersUp >= listenersNeeded, (status == "normal" && leader != nil) || recovering {
+                ready = true
+                lines.append("READY=1")
+            } else if !ready, recovering || op > lastProgressOp {
+                lines.append("EXTEND_TIMEOUT_USEC=\(extendBy.microseconds)")
+            }
+            lastProgressOp = max(lastProgressOp, op)
+            return lines
+        }
+    }
+
     private struct State {
-        var ready = false
-        var stopping = false
-        var listenersUp = 0
-        var lastStatus = ""
+        var progress = Progress()
         var lastWatchdog: ContinuousClock.Instant?
-        var lastProgressOp: UInt64 = 0
     }
 
     /// The process-wide notifier, reading the environment once.
@@ -73,7 +105,7 @@ public final class SystemdNotifier: Sendable {
     /// A listener (client API or operations port) is accepting connections.
     public func listenerStarted() {
         guard isEnabled else { return }
-        state.withLock { $0.listenersUp += 1 }
+        state.withLock { $0.progress.listenersUp += 1 }
     }
 
     /// Called on every heartbeat with the replica's state: updates `STATUS=`,
@@ -83,22 +115,9 @@ public final class SystemdNotifier: Sendable {
     public func heartbeat(status: String, view: UInt64, leader: UInt8?, op: UInt64, commit: UInt64,
                           recovering: Bool, extendBy: Duration = .seconds(30)) {
         guard isEnabled else { return }
-        let text = SystemdNotifier.statusText(status: status, view: view, leader: leader, commit: commit)
-        var lines: [String] = []
-        state.withLock { state in
-            guard !state.stopping else { return }
-            if text != state.lastStatus {
-                state.lastStatus = text
-                lines.append("STATUS=\(text)")
-            }
-            if !state.ready, state.listenersUp >= listenersNeeded,
-               (status == "normal" && leader != nil) || recovering {
-                state.ready = true
-                lines.append("READY=1")
-            } else if !state.ready, recovering || op > state.lastProgressOp {
-                lines.append("EXTEND_TIMEOUT_USEC=\(extendBy.microseconds)")
-            }
-            state.lastProgressOp = max(state.lastProgressOp, op)
+        let lines = state.withLock { state in
+            state.progress.heartbeat(status: status, view: view, leader: leader, op: op, commit: commit,
+                                     recovering: recovering, listenersNeeded: listenersNeeded, extendBy: extendBy)
         }
         if !lines.isEmpty { notify(lines.joined(separator: "\n")) }
     }
@@ -119,7 +138,7 @@ public final class SystemdNotifier: Sendable {
     /// SIGTERM arrived: systemd shows the unit as deactivating.
     public func stopping() {
         guard isEnabled else { return }
-        state.withLock { $0.stopping = true }
+        state.withLock { $0.progress.stopping = true }
         notify("STOPPING=1\nSTATUS=stopping: finishing in-flight requests and syncing the journal")
     }
 
@@ -128,7 +147,7 @@ public final class SystemdNotifier: Sendable {
         guard isEnabled else { return try body() }
         notify("RELOADING=1\nSTATUS=reopening the log file")
         defer {
-            let status = state.withLock { $0.lastStatus }
+            let status = state.withLock { $0.progress.lastStatus }
             notify("READY=1\nSTATUS=\(status)")
         }
         return try body()
@@ -137,7 +156,7 @@ public final class SystemdNotifier: Sendable {
 
 extension Duration {
     /// Whole microseconds, for `EXTEND_TIMEOUT_USEC`.
-    var microseconds: Int64 {
+    public var microseconds: Int64 {
         let (seconds, attoseconds) = components
         return seconds * 1_000_000 + attoseconds / 1_000_000_000_000
     }

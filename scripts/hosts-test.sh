@@ -87,7 +87,7 @@ status_of() { curl -fsS -m 3 "http://$(node_ip "$1"):9090/status"; }
 setup_started=$(date +%s)
 engine_was_running=false
 "$DOCKER" info >/dev/null 2>&1 && engine_was_running=true
-install_dependencies python3-venv curl jq
+install_dependencies python3-venv curl jq openssl
 scripts/docker-up.sh --engine >"$WORK/engine.log" 2>&1 || { tail -20 "$WORK/engine.log"; die "scripts/docker-up.sh --engine failed"; }
 log "building $IMAGE (systemd, dbus, python3) from the local debian:bookworm-slim"
 DOCKER_BUILDKIT=1 "$DOCKER" build -q -t "$IMAGE" "$ROOT/docker/systemd-host" >"$WORK/image.log" 2>&1 \
@@ -397,5 +397,32 @@ no_lost_writes() {
     [ "$acknowledged" -gt 0 ] && [ "$missing" = 0 ]
 }
 check "rolling restart under load: no acknowledged write is lost" no_lost_writes
+
+# ---- TLS files ------------------------------------------------------------------------------------
+# The role installs the given PEM files (key readable by the service's group
+# only) and names them in [security]; the server accepts them (mutual TLS
+# itself comes with the security work and is not checked here).
+tls_install() {
+    local dir="$WORK/tls" name
+    mkdir -p "$dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=hosts-test CA" \
+        -keyout "$dir/ca.key" -out "$dir/ca.crt" >/dev/null 2>&1 || return 1
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kimberlite" -keyout "$dir/node.key" -out "$dir/node.csr" >/dev/null 2>&1 || return 1
+    printf 'subjectAltName=DNS:%s,DNS:%s,DNS:%s\n' "${NODES[@]}" >"$dir/san.ext"
+    openssl x509 -req -in "$dir/node.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial -days 2 \
+        -extfile "$dir/san.ext" -out "$dir/node.crt" >/dev/null 2>&1 || return 1
+    printf 'kimberlite_tls_cert: %s\nkimberlite_tls_key: %s\nkimberlite_tls_ca: %s\n' \
+        "$dir/node.crt" "$dir/node.key" "$dir/ca.crt" >>"$INVENTORY/group_vars/kimberlite.yml"
+    playbook "$INVENTORY" site.yml >"$WORK/site-tls.out" 2>&1 || { grep -E "fatal|msg" "$WORK/site-tls.out" | head -5; return 1; }
+    for name in "${NODES[@]}"; do
+        [ "$(on "$name" stat -c '%U:%G %a' /etc/kimberlite/server.key)" = "root:kimberlite 640" ] || { echo "$name: server.key mode"; return 1; }
+        [ "$(on "$name" sha256sum /etc/kimberlite/ca.crt | cut -d' ' -f1)" = "$(sha256sum "$dir/ca.crt" | cut -d' ' -f1)" ] \
+            || { echo "$name: ca.crt differs from the given one"; return 1; }
+        onsh "$name" 'kimberlite-server --config /etc/kimberlite/config.toml --show-config' \
+            | grep -q '^tls_cert = "/etc/kimberlite/server.crt"' || { echo "$name: no tls_cert in --show-config"; return 1; }
+    done
+}
+check "TLS: given PEM files are installed (key 0640 root:kimberlite) and named in [security]" tls_install
+check "the cluster is healthy after the TLS change" poll 90 healthy_cluster
 
 finish

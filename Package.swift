@@ -33,6 +33,12 @@ let package = Package(
             pkgConfig: "sqlite3",
             providers: [.apt(["libsqlite3-dev"])]
         ),
+        // libsystemd (sd_notify, sd_journal_sendv) for the runtime's platform layer; Linux only.
+        .systemLibrary(
+            name: "CSystemd",
+            pkgConfig: "libsystemd",
+            providers: [.apt(["libsystemd-dev"])]
+        ),
         // Segments, superblock, checksums, the data-directory lock, offline verify.
         .target(
             name: "KimberliteStorage",
@@ -59,6 +65,7 @@ let package = Package(
                 "KimberliteCore",
                 "KimberliteStorage",
                 "KimberliteProjection",
+                .target(name: "CSystemd", condition: .when(platforms: [.linux])),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -7,7 +7,7 @@ die() { log "error: $*"; exit 1; }
 
 # Installs the Debian packages the build, the tests and the scripts need.
 install_dependencies() {
-    local wanted=(libsqlite3-dev jq curl python3 ca-certificates "$@")
+    local wanted=(libsqlite3-dev libsystemd-dev pkg-config jq curl python3 ca-certificates "$@")
     local missing=()
     for package in "${wanted[@]}"; do
         dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -54,4 +54,33 @@ loopback_node_start() {
 loopback_leader() {
     local id; id=$(curl -fsS -m 1 "127.0.0.1:$((LOOPBACK_METRICS_BASE + ${1:-1}))/status" | jq -r .leader_id) || return 1
     [[ "$id" =~ ^[1-9][0-9]*$ ]] && echo "$id"
+}
+
+# Builds kimberlite-server and kimberlite-admin in release mode with the Swift
+# runtime linked in (--static-swift-stdlib), in their own scratch path so the
+# debug .build/ is left alone, under the machine's build lock, then strips them
+# into docker/stage/ (the one staging folder both the Docker images and the
+# host release archive take them from). A second call with nothing changed is
+# an incremental no-op build, so CI compiles them once for both.
+# Environment: KMB_DOCKER_SCRATCH (default .build-docker), KMB_BUILD_LOCK
+# (default /tmp/kmb-build.lock). Sets STAGED_VERSION.
+build_static_release() {
+    local scratch="${KMB_DOCKER_SCRATCH:-$ROOT/.build-docker}" lock="${KMB_BUILD_LOCK:-/tmp/kmb-build.lock}"
+    local stage="$ROOT/docker/stage" strip_bin binary
+    install_dependencies
+    log "building release binaries with a static Swift runtime in $scratch (under flock $lock)"
+    (cd "$ROOT" && flock "$lock" swift build -c release --static-swift-stdlib --scratch-path "$scratch") \
+        || die "release build failed (swift build -c release --static-swift-stdlib --scratch-path $scratch)"
+    strip_bin="$(command -v strip || command -v llvm-strip)" || die "no strip tool (binutils or llvm-strip)"
+    mkdir -p "$stage"
+    for binary in kimberlite-server kimberlite-admin; do
+        if [ -x "$stage/$binary" ] && [ "$stage/$binary" -nt "$scratch/release/$binary" ]; then
+            continue   # staged from this very build already
+        fi
+        install -m 0755 "$scratch/release/$binary" "$stage/$binary.tmp"
+        "$strip_bin" "$stage/$binary.tmp"
+        mv "$stage/$binary.tmp" "$stage/$binary"
+    done
+    STAGED_VERSION="$("$stage/kimberlite-server" --version | awk '{print $NF}')"
+    log "staged kimberlite-server and kimberlite-admin $STAGED_VERSION in $stage ($(du -ch "$stage"/kimberlite-* | tail -1 | cut -f1) stripped)"
 }

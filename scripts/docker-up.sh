@@ -34,8 +34,6 @@ for argument in "$@"; do
 done
 
 TAG="${KMB_IMAGE_TAG:-latest}"
-SCRATCH="${KMB_DOCKER_SCRATCH:-$ROOT/.build-docker}"
-LOCK="${KMB_BUILD_LOCK:-/tmp/kmb-build.lock}"
 BASE_IMAGE=debian:bookworm-slim
 
 # The docker.io client matches the engine and builds with its built-in
@@ -111,9 +109,10 @@ CFG
     log "made $BASE_IMAGE ($("$DOCKER" image inspect -f '{{.Size}}' "$BASE_IMAGE" | awk '{printf "%.0f MB", $1/1e6}'))"
 }
 
-# Release build with the Swift runtime linked in, stripped, staged for the Dockerfile.
+# Release build with the Swift runtime linked in, stripped, staged for the
+# Dockerfile (build_static_release in common.sh, shared with the host release archive).
 build_binaries() {
-    local stage="$ROOT/docker/stage" strip_bin
+    local stage="$ROOT/docker/stage"
     if [ "${KMB_DOCKER_PREBUILT:-0}" = 1 ]; then
         [ -x "$stage/kimberlite-server" ] && [ -x "$stage/kimberlite-admin" ] \
             || die "KMB_DOCKER_PREBUILT=1 but docker/stage/kimberlite-{server,admin} are missing"
@@ -121,19 +120,8 @@ build_binaries() {
         log "using the staged binaries ($VERSION) without building"
         return 0
     fi
-    install_dependencies
-    cd "$ROOT" || die "no $ROOT"
-    log "building release binaries with a static Swift runtime in $SCRATCH (under flock $LOCK)"
-    flock "$LOCK" swift build -c release --static-swift-stdlib --scratch-path "$SCRATCH"
-    strip_bin="$(command -v strip || command -v llvm-strip)" || die "no strip tool (binutils or llvm-strip)"
-    mkdir -p "$stage"
-    for binary in kimberlite-server kimberlite-admin; do
-        install -m 0755 "$SCRATCH/release/$binary" "$stage/$binary.tmp"
-        "$strip_bin" "$stage/$binary.tmp"
-        mv "$stage/$binary.tmp" "$stage/$binary"
-    done
-    VERSION="$("$stage/kimberlite-server" --version | awk '{print $NF}')"
-    log "staged kimberlite-server and kimberlite-admin $VERSION ($(du -ch "$stage"/kimberlite-* | tail -1 | cut -f1) stripped)"
+    build_static_release
+    VERSION="$STAGED_VERSION"
 }
 
 build_images() {

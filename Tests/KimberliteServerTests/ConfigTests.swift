@@ -347,7 +347,7 @@ struct ConfigTests {
         ("node_id = 1\n[consensus]\nmax_entries_per_rpc = 1.5", "[consensus] max_entries_per_rpc = 1.5 is not an integer"),
         ("node_id = 1\n[security]\nrequire_client_cert = \"yes\"", "[security] require_client_cert = \"yes\" is not a boolean"),
         ("node_id = 1\n[logging]\nlevel = \"verbose\"", "[logging] level = \"verbose\" has \"verbose\", which is not a log level"),
-        ("node_id = 1\n[logging]\nformat = \"xml\"", "[logging] format = \"xml\" is not a log format (text or json)"),
+        ("node_id = 1\n[logging]\nformat = \"xml\"", "[logging] format = \"xml\" is not a log format (text, json or journal)"),
     ])
     func badValuesInTheFileAreNamed(body: String, expectedPrefix: String) throws {
         let dir = try TempDir()

@@ -166,7 +166,7 @@ extension ConfigKey {
             return .logFilter(bareLevel: parsed.bareLevel, directives: parsed.directives)
         case .logFormat:
             guard let format = LogFormat(rawValue: text.trimmingCharacters(in: .whitespaces).lowercased()) else {
-                throw ConfigValueError("is not a log format (text or json)")
+                throw ConfigValueError("is not a log format (text, json or journal)")
             }
             return .logFormat(format)
         }

@@ -39,9 +39,16 @@ public struct PeerAddress: Sendable, Hashable, CustomStringConvertible {
     public var description: String { "\(nodeID)=\(address)" }
 }
 
-/// `[logging] format`: one text line or one JSON object per record.
+/// `[logging] format`: one text line or one JSON object per record, or journald native records.
 public enum LogFormat: String, Sendable, CaseIterable {
-    case text, json
+    /// One text line per record (the log file and stderr).
+    case text
+    /// One JSON object per line.
+    case json
+    /// Records go to journald with native fields (libsystemd); the log file,
+    /// when set, gets text lines. Chosen automatically when systemd connected
+    /// stderr to the journal (`JOURNAL_STREAM`).
+    case journal
 }
 
 /// Why a single configuration value could not be parsed. `problem` completes a

@@ -1,12 +1,18 @@
+import Foundation
 import Logging
 
 /// The swift-log handler of kimberlite-server: formats each record as one
 /// text or JSON line (see `LogLineFormatter`) and hands it to a `LogSink`.
-/// Its level comes from the `LogFilter` for its label at creation.
+/// With `journal` set, each record also goes to journald with native fields
+/// (`JournalFields`) and the sink writes only the log file; a record journald
+/// does not take is written to stderr instead. Its level comes from the
+/// `LogFilter` for its label at creation.
 public struct KimberliteLogHandler: LogHandler {
     public let label: String
     public let format: LogFormat
     public let sink: LogSink
+    /// Whether records go to journald (`SystemdJournal`).
+    public let journal: Bool
     public var logLevel: Logger.Level
     public var metadata: Logger.Metadata = [:]
     public var metadataProvider: Logger.MetadataProvider?
@@ -14,11 +20,13 @@ public struct KimberliteLogHandler: LogHandler {
     /// - Parameters:
     ///   - label: the logger label, like "kimberlite.vsr".
     ///   - filter: gives this label's level (longest matching prefix wins).
+    ///   - journal: send records to journald; the sink should then not write stderr.
     public init(label: String, format: LogFormat, filter: LogFilter, sink: LogSink,
-                metadataProvider: Logger.MetadataProvider? = nil) {
+                journal: Bool = false, metadataProvider: Logger.MetadataProvider? = nil) {
         self.label = label
         self.format = format
         self.sink = sink
+        self.journal = journal
         self.logLevel = filter.level(forLabel: label).loggerLevel
         self.metadataProvider = metadataProvider
     }
@@ -43,12 +51,19 @@ public struct KimberliteLogHandler: LogHandler {
         let message = event.message.description
         let line: String
         switch format {
-        case .text:
+        case .text, .journal:
             line = LogLineFormatter.text(millisecondsSinceEpoch: now, level: event.level, label: label,
                                          message: message, metadata: merged)
         case .json:
             line = LogLineFormatter.json(millisecondsSinceEpoch: now, level: event.level, label: label,
                                          message: message, metadata: merged)
+        }
+        if journal {
+            let fields = JournalFields.fields(level: event.level, label: label, message: message, metadata: merged,
+                                              file: event.file, function: event.function, line: event.line)
+            if !SystemdJournal.send(fields) {
+                LogSink.writeAll(Array(line.utf8), to: STDERR_FILENO)
+            }
         }
         sink.write(line)
     }

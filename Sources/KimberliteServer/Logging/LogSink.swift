@@ -88,14 +88,18 @@ public final class LogSink: Sendable {
     /// nothing.
     /// - Returns: false if registration was not confirmed within 5 s.
     @discardableResult
-    public func reopenOnSIGHUP() -> Bool {
+    public func reopenOnSIGHUP(notifier: SystemdNotifier? = nil) -> Bool {
         let registered = DispatchSemaphore(value: 0)
         let installed: Bool = state.withLock { state in
             guard state.signalSource == nil else { return false }
             signal(SIGHUP, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global(qos: .utility))
             source.setEventHandler { [weak self] in
-                self?.reopenAfterSignal()
+                if let notifier {
+                    notifier.reloading { self?.reopenAfterSignal() }
+                } else {
+                    self?.reopenAfterSignal()
+                }
             }
             source.setRegistrationHandler { registered.signal() }
             source.resume()

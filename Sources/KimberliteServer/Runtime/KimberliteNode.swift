@@ -29,6 +29,8 @@ public final class KimberliteNode: @unchecked Sendable {
     let api: ClientAPI
     private let group: MultiThreadedEventLoopGroup
     private var timer: DispatchSourceTimer?
+    /// sd_notify (READY, STATUS, WATCHDOG, STOPPING); a no-op outside systemd.
+    let systemd = SystemdNotifier.shared
     private let startedAt = ContinuousClock.now
 
     /// Opens the data directory and recovers state; binds nothing yet.
@@ -112,6 +114,8 @@ public final class KimberliteNode: @unchecked Sendable {
                                transport: transport, registry: registry, applier: applier, appliedOp: appliedOp,
                                logger: layer("vsr"), metrics: metrics)
         driverBox.driver = driver
+        let systemd = self.systemd
+        driver.afterBatch = { systemd.watchdogIfDue() }
         api.driver = driver
         for key in config.notInEffectYet {
             logger.warning("configuration key is accepted but not in effect yet", metadata: ["key": "\(key)"])
@@ -134,12 +138,12 @@ public final class KimberliteNode: @unchecked Sendable {
             router: clientRouter(),
             configuration: .init(address: .hostname(config.server.bindAddress.host, port: config.server.bindAddress.port),
                                  serverName: "kimberlite"),
-            logger: quiet(logger))
+            onServerRunning: { [systemd] _ in systemd.listenerStarted() }, logger: quiet(logger))
         let opsApp = Application(
             router: operationsRouter(),
             configuration: .init(address: .hostname(config.telemetry.metricsAddress.host, port: config.telemetry.metricsAddress.port),
                                  serverName: "kimberlite"),
-            logger: quiet(logger))
+            onServerRunning: { [systemd] _ in systemd.listenerStarted() }, logger: quiet(logger))
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: service), .init(service: clientApp), .init(service: opsApp)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: quiet(logger)))
@@ -183,6 +187,9 @@ public final class KimberliteNode: @unchecked Sendable {
                 let now = ClusterTransport.wallNanos()
                 for peer in transport.peerIDs { transport.send(.ping(sentAt: now), to: peer) }
                 updateGauges()
+                let snapshot = driver.snapshot
+                systemd.heartbeat(status: snapshot.status.rawValue, view: snapshot.view, leader: snapshot.leader,
+                                  op: snapshot.op, commit: snapshot.commit, recovering: snapshot.recovering)
             }
         }
         timer.resume()
@@ -210,5 +217,6 @@ private struct NodeService: Service {
     let node: KimberliteNode
     func run() async throws {
         try? await gracefulShutdown()
+        node.systemd.stopping()
     }
 }

@@ -67,6 +67,9 @@ final class ReplicaDriver: @unchecked Sendable {
     private var diskFullLoggedAt: ContinuousClock.Instant?
     /// Refused messages are logged at most once every 5 s (they are counted always).
     private var refusedLoggedAt: ContinuousClock.Instant?
+    /// Runs on the driver thread after every batch (set before `start()`):
+    /// the systemd watchdog ping, so a stuck replica loop stops the pings.
+    var afterBatch: (@Sendable () -> Void)?
 
     init(replica: Replica, journal: Journal, superblock: Superblock, superblockState: SuperblockState,
          transport: ClusterTransport, registry: RequestRegistry, applier: ApplyEngine, appliedOp: OpNumber,
@@ -131,6 +134,7 @@ final class ReplicaDriver: @unchecked Sendable {
         persistCommitHintIfDue()
         releaseAppliedOps()
         publish()
+        afterBatch?()
     }
 
     /// Ops kept in memory below the applied op, so recent repairs and view

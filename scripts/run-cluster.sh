@@ -3,7 +3,7 @@
 # load the Debian package index (about 63,000 real records) through the
 # client API, and print cluster status and example queries.
 #
-#   scripts/run-cluster.sh            # release build; leaves the cluster running
+#   scripts/run-cluster.sh            # release build (static Swift runtime, in docker/stage/); leaves the cluster running
 #   scripts/run-cluster.sh --stop     # ... and stops it after printing (CI)
 #   scripts/run-cluster.sh --debug    # use the debug build (faster to build)
 #
@@ -26,9 +26,16 @@ done
 install_dependencies
 cd "$ROOT"
 log "building ($configuration)"
-swift build -c "$configuration" --product kimberlite-server
-swift build -c "$configuration" --product kimberlite-admin
-BIN="$ROOT/.build/$configuration"
+if [ "$configuration" = release ]; then
+    # The same static release build the Docker images and the host archive
+    # use (docker/stage/), so CI builds the release binaries once.
+    build_static_release
+    BIN="$ROOT/docker/stage"
+else
+    swift build -c "$configuration" --product kimberlite-server
+    swift build -c "$configuration" --product kimberlite-admin
+    BIN="$ROOT/.build/$configuration"
+fi
 
 "$ROOT/scripts/stop-cluster.sh" --quiet || true
 RUN="$ROOT/run"

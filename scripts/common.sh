@@ -84,3 +84,14 @@ build_static_release() {
     STAGED_VERSION="$("$stage/kimberlite-server" --version | awk '{print $NF}')"
     log "staged kimberlite-server and kimberlite-admin $STAGED_VERSION in $stage ($(du -ch "$stage"/kimberlite-* | tail -1 | cut -f1) stripped)"
 }
+
+# Stops the Docker engine again when the calling script started it ($1 is
+# "false" when no engine was running before), unless KMB_DOCKER_KEEP_ENGINE=1.
+# Waits (bounded, 30 s) for it to exit.
+stop_engine_if_started() {
+    [ "$1" = false ] && [ "${KMB_DOCKER_KEEP_ENGINE:-0}" != 1 ] && [ -s /var/run/docker.pid ] || return 0
+    local pid
+    pid=$(cat /var/run/docker.pid)
+    kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+}

@@ -62,12 +62,7 @@ cleanup() {
     timeout 120 "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1
     "$DOCKER" volume rm -f "${PROJECT}_wrong-data" >/dev/null 2>&1
     rm -rf "$WORK"
-    if [ "$engine_was_running" = false ] && [ "${KMB_DOCKER_KEEP_ENGINE:-0}" != 1 ] && [ -s /var/run/docker.pid ]; then
-        local pid
-        pid=$(cat /var/run/docker.pid)
-        kill -TERM "$pid" 2>/dev/null
-        for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    fi
+    stop_engine_if_started "$engine_was_running"
 }
 trap cleanup EXIT
 

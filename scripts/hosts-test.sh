@@ -68,13 +68,7 @@ cleanup() {
     fi
     remove_containers
     rm -rf "$WORK"
-    # An engine this script started is stopped again, as scripts/docker-test.sh does.
-    if [ "$engine_was_running" = false ] && [ "${KMB_DOCKER_KEEP_ENGINE:-0}" != 1 ] && [ -s /var/run/docker.pid ]; then
-        local pid
-        pid=$(cat /var/run/docker.pid)
-        kill -TERM "$pid" 2>/dev/null
-        for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    fi
+    stop_engine_if_started "$engine_was_running"
 }
 trap cleanup EXIT
 on() { local host=$1; shift; "$DOCKER" exec "$host" "$@"; }

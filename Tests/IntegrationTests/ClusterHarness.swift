@@ -38,6 +38,14 @@ final class Cluster: @unchecked Sendable {
     let root: String
     var nodes: [Node]
     let extraEnvironment: [String: String]
+    /// Consensus and request timeouts written to each node's config file.
+    var timeouts = Timeouts()
+
+    struct Timeouts {
+        var electionMin = "600ms"
+        var electionMax = "1200ms"
+        var request = "3s"
+    }
     let clusterName: String
 
     /// Starts `count` nodes with a unique port range. Election timeouts are
@@ -137,11 +145,11 @@ final class Cluster: @unchecked Sendable {
 
         [consensus]
         heartbeat_interval = "50ms"
-        election_timeout_min = "600ms"
-        election_timeout_max = "1200ms"
+        election_timeout_min = "\(timeouts.electionMin)"
+        election_timeout_max = "\(timeouts.electionMax)"
 
         [limits]
-        request_timeout = "3s"
+        request_timeout = "\(timeouts.request)"
         max_result_rows = 1000
         max_record_size = "64KB"
         max_batch_size = "256KB"

@@ -50,8 +50,10 @@ import Testing
     }
 
     /// A three-node cluster with `fate` created and applied on every node.
-    static func clusterWithTable() async throws -> Cluster {
-        let cluster = try await Cluster.start(nodes: 3)
+    static func clusterWithTable(timeouts: Cluster.Timeouts = .init()) async throws -> Cluster {
+        let cluster = try Cluster.prepare(nodes: 3)
+        cluster.timeouts = timeouts
+        for id in 1...3 { try cluster.restart(id) }
         do {
             _ = try await cluster.waitForLeader()
             let create = try await cluster.executeWithRetry([createTable], clientID: "setup", requestNumber: 1)

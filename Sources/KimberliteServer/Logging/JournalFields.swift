@@ -16,6 +16,7 @@ public enum JournalMessageID: String, Sendable, CaseIterable {
     case diskFull = "3b1a6c2e9f7d4e21a8c55d0f6e4b7a06"
     case clockSkew = "3b1a6c2e9f7d4e21a8c55d0f6e4b7a07"
     case recovering = "3b1a6c2e9f7d4e21a8c55d0f6e4b7a08"
+    case diverged = "3b1a6c2e9f7d4e21a8c55d0f6e4b7a09"
 
     /// The message prefixes (DESIGN.md "Logs": the phrases operators grep for)
     /// that select each id, compared case-insensitively. The first rule whose
@@ -31,6 +32,7 @@ public enum JournalMessageID: String, Sendable, CaseIterable {
         ("clock skew", .clockSkew),
         ("recovering complete", nil),
         ("recovering", .recovering),
+        ("diverged", .diverged),
     ]
 
     /// The id for a log message, nil when the message is not a documented failure.

@@ -60,6 +60,10 @@ final class ReplicaDriver: @unchecked Sendable {
     private let logger: Logger
     private let metrics: NodeMetrics
     private var enqueuedForApply: OpNumber
+    /// Committed through this op in the current batch; handed to the apply
+    /// thread only after the batch's snapshot is published, so a client that
+    /// has its answer never reads an older `/status` than the op it got.
+    private var committedThrough: OpNumber = 0
     private let published = NIOLockedValueBox(ReplicaSnapshot())
     private var lastLeader: NodeID?? = .none
     /// Since when appends have failed for lack of space (nil: they succeed).
@@ -131,9 +135,11 @@ final class ReplicaDriver: @unchecked Sendable {
             syncJournal()
             perform(replica.handle(.persisted(throughOp: journal.lastOp)))
         }
-        persistCommitHintIfDue()
         releaseAppliedOps()
         publish()
+        enqueueCommitted(through: committedThrough)
+        // After the apply hand-off: its fsyncs delay no client.
+        persistCommitHintIfDue()
         afterBatch?()
     }
 
@@ -201,7 +207,7 @@ final class ReplicaDriver: @unchecked Sendable {
                 let previous = metrics.committed
                 metrics.committed = through
                 if through > previous { metrics.commits.increment(by: Int64(through - previous)) }
-                enqueueCommitted(through: through)
+                committedThrough = max(committedThrough, through)
             case .accepted(let requestID, let op):
                 if let entry = replica.entry(op) { registry.bind(requestID, op: op, checksum: entry.checksum) }
             case .rejected(let requestID, let reason):

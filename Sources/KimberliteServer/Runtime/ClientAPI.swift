@@ -131,7 +131,7 @@ final class ClientAPI: @unchecked Sendable {
         }
         let snapshot = driver.snapshot
         if let divergence = snapshot.divergence {
-            return error(.diverged, "this node's committed log contradicts the cluster's at op \(divergence.op); it takes no writes until its data directory is rebuilt; not accepted")
+            return divergedError(divergence, serving: "writes; not accepted")
         }
         guard snapshot.isPrimary else {
             if !forwarded, let leader = snapshot.leader {
@@ -235,7 +235,7 @@ final class ClientAPI: @unchecked Sendable {
         switch request.consistency ?? "strong" {
         case "stale":
             if let divergence = driver.snapshot.divergence {
-                return error(.diverged, "this node's committed log contradicts the cluster's at op \(divergence.op); it serves no reads until its data directory is rebuilt")
+                return divergedError(divergence, serving: "reads")
             }
             return runQuery(request)
         case "strong":
@@ -292,6 +292,10 @@ final class ClientAPI: @unchecked Sendable {
     }
 
     private func noLeader() -> APIResponse { APIError.noLeader().response }
+
+    private func divergedError(_ divergence: Divergence, serving what: String) -> APIResponse {
+        error(.diverged, "this node's committed log contradicts the cluster's at op \(divergence.op): it serves no \(what). \(Divergence.recovery)")
+    }
 
     private func error(_ code: APIError.Code, _ message: String, op: OpNumber? = nil) -> APIResponse {
         APIError(code, message, op: op).response
@@ -368,23 +372,28 @@ final class Forwarder: @unchecked Sendable {
 
     /// The connection to `peer` closed: every request waiting on it as the leader is answered now.
     func linkLost(to peer: NodeID) {
-        answer(where: { $0.leader == peer }, reason: "the connection to leader \(peer) closed before it answered")
+        answer { $0.leader == peer ? "the connection to leader \(peer) closed before it answered" : nil }
     }
 
     /// Called on each tick with the leader this node's replica follows:
     /// answers requests waiting on any other node (a view change started or
     /// ended elsewhere), and those past their deadline.
     func sweep(currentLeader: NodeID?, now: ContinuousClock.Instant = .now) {
-        answer(where: { $0.leader != currentLeader }, reason: "leader changed before it answered (a view change started)")
-        answer(where: { $0.deadline <= now }, reason: "no answer from the leader within request_timeout")
+        answer { waiter in
+            if waiter.leader != currentLeader { return "leader changed before it answered (a view change started)" }
+            return waiter.deadline <= now ? "no answer from the leader within request_timeout" : nil
+        }
     }
 
-    private func answer(where lost: (Waiter) -> Bool, reason: String) {
+    /// One pass under the lock: answers every waiter for which `lostBecause` gives a reason.
+    private func answer(lostBecause: (Waiter) -> String?) {
         lock.lock()
-        let ids = waiting.compactMap { lost($0.value) ? $0.key : nil }
-        let lostWaiters = ids.compactMap { waiting.removeValue(forKey: $0) }
+        var lost: [(Waiter, String)] = []
+        for (id, waiter) in waiting {
+            if let reason = lostBecause(waiter) { lost.append((waiter, reason)); waiting[id] = nil }
+        }
         lock.unlock()
-        for waiter in lostWaiters {
+        for (waiter, reason) in lost {
             let error = waiter.kind == .execute
                 ? APIError(.outcomeUnknown, "\(reason); the write may or may not have been applied: retry with the same request_number")
                 : APIError.noLeader(reason)

@@ -47,8 +47,9 @@ struct NodeStorage {
         // yet, and every uncommitted op, is in memory.
         let retained = ReplicaDriver.retainedAppliedOps
         let floor = min(journal.lastOp, projection.appliedOp > retained ? projection.appliedOp - retained : 0)
-        let log = try journal.entries(from: floor + 1, through: journal.lastOp)
-        let floorChecksum = floor == 0 ? Checksum.zero : try journal.entries(from: floor, through: floor)[0].checksum
+        // One read: from the floor itself when there is one, for its checksum.
+        var log = try journal.entries(from: max(floor, 1), through: journal.lastOp)
+        let floorChecksum = floor == 0 ? Checksum.zero : log.removeFirst().checksum
 
         let start = Startup.decide(stored: stored?.record, members: members, log: log, logFloor: floor, floorChecksum: floorChecksum,
                                    appliedOp: projection.appliedOp, journalLostEntries: journalLostEntries)

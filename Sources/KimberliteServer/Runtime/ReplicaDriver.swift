@@ -27,10 +27,16 @@ struct ReplicaSnapshot: Sendable {
         if let divergence {
             let at = divergence.peer == 0 ? "" : " at op \(divergence.op) (shown by node \(divergence.peer))"
             return "diverged: this node's committed log contradicts the cluster's\(at); it serves nothing until its data directory "
-                + "is rebuilt: stop it, move the data directory aside, start it empty and it recovers from the leader"
+                + "is rebuilt. Recovery: \(Divergence.recovery)"
         }
         return diskFull
     }
+}
+
+extension Divergence {
+    /// The operator's way out of `diverged`, said the same in logs, `/status` and errors.
+    static let recovery = "stop the node, move its data directory aside (keep it as evidence), start it with an empty one; "
+        + "it recovers everything from the leader"
 }
 
 /// Inputs queued for the driver thread.
@@ -68,9 +74,9 @@ final class ReplicaDriver: @unchecked Sendable {
     private var lastLeader: NodeID?? = .none
     /// Since when appends have failed for lack of space (nil: they succeed).
     private var diskFullSince: Date?
-    private var diskFullLoggedAt: ContinuousClock.Instant?
+    private var diskFullLog = LogThrottle(every: .seconds(5))
     /// Refused messages are logged at most once every 5 s (they are counted always).
-    private var refusedLoggedAt: ContinuousClock.Instant?
+    private var refusedLog = LogThrottle(every: .seconds(5))
     /// Runs on the driver thread after every batch (set before `start()`):
     /// the systemd watchdog ping, so a stuck replica loop stops the pings.
     var afterBatch: (@Sendable () -> Void)?
@@ -296,13 +302,10 @@ final class ReplicaDriver: @unchecked Sendable {
         case .diverged(let op, let peer, let reason):
             metadata["op"] = "\(op)"
             metadata["peer"] = "\(peer)"
-            logger.critical("diverged: \(reason); this node stops serving and voting. Recovery: stop it, move its data directory aside (keep it as evidence), start it with an empty one; it recovers from the leader",
-                            metadata: metadata)
+            logger.critical("diverged: \(reason); this node stops serving and voting. Recovery: \(Divergence.recovery)", metadata: metadata)
         case .refusedMessage(let name, let from, let reason):
             metrics.messagesRefused.increment()
-            let now = ContinuousClock.now
-            guard refusedLoggedAt.map({ now - $0 >= .seconds(5) }) ?? true else { return }
-            refusedLoggedAt = now
+            guard refusedLog.allow() else { return }
             logger.warning("refused a cluster message that contradicts itself: \(reason)",
                            metadata: ["message": "\(name)", "peer": "\(from)"])
         case .staleMessage(let name, let view, let from):
@@ -318,9 +321,7 @@ final class ReplicaDriver: @unchecked Sendable {
                         metadata: ["empty_members": "\(fresh)", "needed": "\(needed)"])
         case .diskFull(let op):
             // At most once every 5 s: a full disk is retried with every recovery round.
-            let now = ContinuousClock.now
-            guard diskFullLoggedAt.map({ now - $0 >= .seconds(5) }) ?? true else { return }
-            diskFullLoggedAt = now
+            guard diskFullLog.allow() else { return }
             metadata["op"] = "\(op)"
             metadata["directory"] = "\(journal.directory)"
             logger.error("disk full: cannot append to the journal; this node stops acknowledging and recovers from the leader once space is freed",
@@ -394,16 +395,14 @@ final class ApplyEngine: @unchecked Sendable {
     /// freed; projection lag grows meanwhile. Any other failure stops the
     /// node, which re-applies from its log at restart.
     private func applyRetryingWhileTheDiskIsFull(_ chunk: [LogEntry]) {
-        var lastLogged: ContinuousClock.Instant? = nil
+        var diskFullLog = LogThrottle(every: .seconds(5))
         while true {
             do {
                 let outcomes = try projection.apply(chunk)
                 for (entry, outcome) in zip(chunk, outcomes) { registry.applied(entry, outcome: outcome) }
                 return
             } catch ProjectionError.storage(let operation, let failure) where failure.primaryCode == 13 /* SQLITE_FULL */ {
-                let now = ContinuousClock.now
-                if lastLogged.map({ now - $0 >= .seconds(5) }) ?? true {
-                    lastLogged = now
+                if diskFullLog.allow() {
                     logger.error("disk full: the projection cannot apply committed entries; retrying until space is freed",
                                  metadata: ["op": "\(chunk[0].op)", "operation": "\(operation)", "error": "\(failure)"])
                 }

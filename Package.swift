@@ -44,6 +44,7 @@ let package = Package(
             name: "KimberliteStorage",
             dependencies: [
                 "KimberliteCore",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]

@@ -92,7 +92,8 @@ public final class Projection: @unchecked Sendable {
             try db.execute("""
                 BEGIN IMMEDIATE;
                 CREATE TABLE IF NOT EXISTS _kmb_meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-                INSERT OR IGNORE INTO _kmb_meta(key, value) VALUES ('format', \(Self.formatVersion)), ('applied_op', 0);
+                INSERT OR IGNORE INTO _kmb_meta(key, value) VALUES ('format', \(Self.formatVersion)), ('applied_op', 0),
+                    ('applied_checksum', zeroblob(32));
                 CREATE TABLE IF NOT EXISTS _kmb_clients(
                     client_id TEXT PRIMARY KEY, request_number INTEGER NOT NULL,
                     last_op INTEGER NOT NULL, outcome BLOB NOT NULL) WITHOUT ROWID;
@@ -202,6 +203,9 @@ public final class Projection: @unchecked Sendable {
             outcomes.reserveCapacity(entries.count)
             for entry in entries { outcomes.append(try applyInTransaction(entry, db)) }
             try db.run("UPDATE _kmb_meta SET value = ?1 WHERE key = 'applied_op'", [.integer(Int64(bitPattern: last))])
+            // The hash-chain anchor of the applied prefix: a checkpoint copied
+            // from this state names the entry a log after it chains onto.
+            try db.run("UPDATE _kmb_meta SET value = ?1 WHERE key = 'applied_checksum'", [.blob(entries[entries.count - 1].checksum.bytes)])
             try db.execute("COMMIT")
             appliedLock.withLock { appliedOpStorage = last }
             appliedGauge.record(Int64(bitPattern: last))
@@ -596,6 +600,64 @@ public final class Projection: @unchecked Sendable {
             } catch let error as SQLiteError {
                 throw ProjectionError.storage(operation: "content digest", error)
             }
+        }
+    }
+
+    // MARK: - Checkpoints
+
+    /// Writes a consistent copy of the projection to `path` (SQLite's
+    /// online backup on connections of its own: it reads one snapshot while
+    /// `apply` goes on, so writes do not wait for the copy).
+    /// - Returns: the applied op the copy holds and the checksum of that
+    ///   entry (the hash-chain anchor; `.zero` at op 0).
+    /// - Throws: `ProjectionError.storage` (disk full, I/O) naming the
+    ///   operation; `.incompatible` if the copy lacks its metadata. A
+    ///   partial file may remain at `path` for the caller to remove.
+    public func writeConsistentCopy(to path: String) throws -> (op: OpNumber, anchor: Checksum) {
+        guard readers.isOpen else { throw ProjectionError.closed }
+        do {
+            let source = try SQLiteConnection(path: self.path, flags: SQLITE_OPEN_READONLY)
+            defer { source.close() }
+            let destination = try SQLiteConnection(path: path, flags: SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)
+            defer { destination.close() }
+            // SQLite's online backup, in one step: one read transaction on
+            // the source, so the copy is one snapshot (WAL lets apply go on).
+            guard let backup = sqlite3_backup_init(destination.db, "main", source.db, "main") else {
+                throw destination.lastError()
+            }
+            let stepped = sqlite3_backup_step(backup, -1)
+            let finished = sqlite3_backup_finish(backup)
+            guard stepped == SQLITE_DONE, finished == SQLITE_OK else {
+                throw destination.lastError(code: stepped == SQLITE_DONE ? finished : stepped)
+            }
+            // The copy is a file of its own: no write-ahead log beside it.
+            try destination.execute("PRAGMA journal_mode=DELETE")
+        } catch let error as SQLiteError {
+            throw ProjectionError.storage(operation: "copy the projection to \(path)", error)
+        }
+        return try Self.readCheckpointMetadata(path: path)
+    }
+
+    /// The applied op and anchor recorded in a projection file (a
+    /// checkpoint copy), read without changing it.
+    /// - Throws: `ProjectionError.storage` when it cannot be read,
+    ///   `.incompatible` when it is not a projection of this format.
+    public static func readCheckpointMetadata(path: String) throws -> (op: OpNumber, anchor: Checksum) {
+        do {
+            let copy = try SQLiteConnection(path: path, flags: SQLITE_OPEN_READONLY)
+            defer { copy.close() }
+            guard case .integer(let format)? = try copy.scalar("SELECT value FROM _kmb_meta WHERE key = 'format'"),
+                  format == formatVersion,
+                  case .integer(let op)? = try copy.scalar("SELECT value FROM _kmb_meta WHERE key = 'applied_op'") else {
+                throw ProjectionError.incompatible("\(path) is not a projection of format \(formatVersion)")
+            }
+            var anchor = Checksum.zero
+            if case .blob(let bytes)? = try copy.scalar("SELECT value FROM _kmb_meta WHERE key = 'applied_checksum'"), bytes.count == 32 {
+                anchor = Checksum(bytes: bytes)
+            }
+            return (OpNumber(bitPattern: op), anchor)
+        } catch let error as SQLiteError {
+            throw ProjectionError.storage(operation: "read checkpoint \(path)", error)
         }
     }
 

@@ -71,6 +71,8 @@ public struct VerifyReport: Codable, Sendable {
     public var superblockCopiesValid: Int
     /// The newest valid superblock state, if any.
     public var superblock: SuperblockState?
+    /// Ops of the checkpoints that checked whole, newest first.
+    public var checkpoints: [OpNumber] = []
 
     /// `!ok`.
     public var isCorrupt: Bool { !ok }
@@ -84,6 +86,9 @@ public struct VerifyReport: Codable, Sendable {
         summary += "; superblock \(superblockCopiesValid) of \(Superblock.copies) copies valid"
         if let superblock {
             summary += " (view \(superblock.view), log view \(superblock.logView), commit \(superblock.commitNumber), epoch \(superblock.epoch))"
+        }
+        if !checkpoints.isEmpty {
+            summary += "; \(checkpoints.count) checkpoint\(checkpoints.count == 1 ? "" : "s") valid (newest at op \(checkpoints[0]))"
         }
         let errorCount = errors.count
         let warningCount = warnings.count
@@ -120,7 +125,8 @@ public enum DataDirectoryVerifier {
         return VerifyReport(dataDir: dataDir, ok: !scan.problems.contains { $0.severity == .error },
                             problems: scan.problems, segments: scan.segments, entries: scan.entries,
                             lastOp: scan.lastOp, logBytes: scan.logBytes,
-                            superblockCopiesValid: scan.superblockCopiesValid, superblock: scan.superblock)
+                            superblockCopiesValid: scan.superblockCopiesValid, superblock: scan.superblock,
+                            checkpoints: scan.checkpoints)
     }
 
     private struct Scan {
@@ -132,6 +138,7 @@ public enum DataDirectoryVerifier {
         var logBytes = 0
         var superblockCopiesValid = 0
         var superblock: SuperblockState?
+        var checkpoints: [OpNumber] = []
 
         init(dataDir: String) { self.dataDir = dataDir }
 
@@ -163,6 +170,7 @@ public enum DataDirectoryVerifier {
                 return directoryProblem(.notADataDirectory, "holds no superblock and no log/ (found \(names.prefix(5).joined(separator: ", "))\(names.count > 5 ? ", …" : ""))")
             }
             if hasLog { scanLog() }
+            scanCheckpoints()
             if hasSuperblock {
                 scanSuperblock()
             } else {
@@ -195,6 +203,40 @@ public enum DataDirectoryVerifier {
                 problems.append(VerifyProblem(severity, .superblockCopyInvalid, file: "superblock", subject: "superblock",
                                               offset: slot.index * Superblock.slotSize, copy: slot.index,
                                               detail: slot.problem ?? "invalid"))
+            }
+        }
+
+        /// Every checkpoint whole (manifest checksum, size, SHA-256 of the
+        /// SQLite file). An unfinished copy is a warning: the server removes it.
+        mutating func scanCheckpoints() {
+            let store = CheckpointStore(dataDir: dataDir)
+            let relativeDirectory = "projections/checkpoints/"
+            let ops: [OpNumber]
+            do { ops = try store.ops() } catch {
+                problems.append(VerifyProblem(.error, .unreadable, file: relativeDirectory, subject: "checkpoint directory", detail: "\(error)"))
+                return
+            }
+            for op in ops {
+                let name = CheckpointStore.baseName(op)
+                do {
+                    try store.check(op: op)
+                    checkpoints.append(op)
+                } catch StorageError.checkpointInvalid(let path, let reason) {
+                    let file = relativeDirectory + FileIO.lastComponent(path)
+                    problems.append(VerifyProblem(.error, .checkpointInvalid, file: file, subject: "checkpoint \(file)", op: op,
+                                                  detail: reason + "; the server does not use it (it falls back to an older checkpoint or the log)"))
+                } catch {
+                    problems.append(VerifyProblem(.error, .checkpointInvalid, file: relativeDirectory + name, subject: "checkpoint \(relativeDirectory + name)",
+                                                  op: op, detail: "\(error)"))
+                }
+            }
+            let sealed = Set(ops.map(CheckpointStore.baseName))
+            for name in (try? FileIO.list(store.directory)) ?? [] where name.hasSuffix(CheckpointStore.sqliteExtension) {
+                let base = String(name.dropLast(CheckpointStore.sqliteExtension.count))
+                if !sealed.contains(base) {
+                    problems.append(VerifyProblem(.warning, .unexpectedFile, file: relativeDirectory + name, subject: "file \(relativeDirectory + name)",
+                                                  detail: "an unfinished checkpoint copy (no manifest); the server removes it"))
+                }
             }
         }
 

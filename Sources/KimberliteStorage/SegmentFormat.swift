@@ -37,6 +37,8 @@ public enum StorageProblemKind: String, Codable, Sendable {
     /// A file in `log/` that is not a segment (quarantined `.corrupt`
     /// evidence, or something foreign).
     case unexpectedFile = "unexpected file"
+    /// A projection checkpoint whose manifest or SQLite file fails its checks.
+    case checkpointInvalid = "checkpoint invalid"
 }
 
 /// On-disk layout of journal segments.

@@ -35,6 +35,8 @@ public enum StorageError: Error, Equatable, Sendable, CustomStringConvertible {
     case superblockCorrupt(path: String, reason: String)
     /// A caller passed a value outside what the operation accepts.
     case invalidArgument(String)
+    /// A projection checkpoint (or its manifest) at `path` fails its checks.
+    case checkpointInvalid(path: String, reason: String)
 
     public var description: String {
         switch self {
@@ -60,6 +62,8 @@ public enum StorageError: Error, Equatable, Sendable, CustomStringConvertible {
             return "superblock \(path): no valid copy: \(reason)"
         case .invalidArgument(let what):
             return "invalid argument: \(what)"
+        case .checkpointInvalid(let path, let reason):
+            return "checkpoint \(path): \(reason)"
         }
     }
 }

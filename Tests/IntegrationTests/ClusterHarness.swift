@@ -40,6 +40,8 @@ final class Cluster: @unchecked Sendable {
     let extraEnvironment: [String: String]
     /// Consensus and request timeouts written to each node's config file.
     var timeouts = Timeouts()
+    /// TOML appended to each node's config file (sections of its own, e.g. `[projections]`).
+    var extraConfig = ""
 
     struct Timeouts {
         var electionMin = "600ms"
@@ -156,6 +158,8 @@ final class Cluster: @unchecked Sendable {
 
         [logging]
         slow_query_threshold = "0ms"
+
+        \(extraConfig)
         """
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         return path

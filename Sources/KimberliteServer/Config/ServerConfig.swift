@@ -53,7 +53,7 @@ public struct ServerConfig: Sendable, Equatable {
     public struct Projections: Sendable, Equatable {
         /// Bytes. Default 1 GiB. Not in effect yet.
         public var cacheSize = 1 << 30
-        /// Ops between checkpoints. Default 10000. Not in effect yet.
+        /// Applied ops between projection checkpoints (DESIGN.md §2b). Default 10000.
         public var checkpointInterval = 10_000
         public init() {}
     }
@@ -123,7 +123,6 @@ public struct ServerConfig: Sendable, Equatable {
     public static let keysNotInEffectYet: [String] = [
         "[consensus] max_clock_skew",
         "[projections] cache_size",
-        "[projections] checkpoint_interval",
         "[security] tls_cert",
         "[security] tls_key",
         "[security] tls_ca",
@@ -139,9 +138,6 @@ public struct ServerConfig: Sendable, Equatable {
         var keys: [String] = []
         if consensus.maxClockSkew != defaults.consensus.maxClockSkew { keys.append("[consensus] max_clock_skew") }
         if projections.cacheSize != defaults.projections.cacheSize { keys.append("[projections] cache_size") }
-        if projections.checkpointInterval != defaults.projections.checkpointInterval {
-            keys.append("[projections] checkpoint_interval")
-        }
         if security.tlsCert != nil { keys.append("[security] tls_cert") }
         if security.tlsKey != nil { keys.append("[security] tls_key") }
         if security.tlsCA != nil { keys.append("[security] tls_ca") }

@@ -26,6 +26,7 @@ public final class KimberliteNode: @unchecked Sendable {
     let transport: ClusterTransport
     let driver: ReplicaDriver
     let applier: ApplyEngine
+    let checkpointer: Checkpointer
     let api: ClientAPI
     private let group: MultiThreadedEventLoopGroup
     private var timer: DispatchSourceTimer?
@@ -75,6 +76,9 @@ public final class KimberliteNode: @unchecked Sendable {
         group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let forwarder = Forwarder()
         applier = ApplyEngine(projection: projection, registry: registry, logger: layer("projection"))
+        checkpointer = Checkpointer(store: storage.checkpoints, projection: projection, interval: config.projections.checkpointInterval,
+                                    newestOp: storage.newestCheckpointOp, logger: layer("checkpoint"))
+        applier.checkpointer = checkpointer
         api = ClientAPI(limits: .init(maxRecordSize: config.limits.maxRecordSize, maxBatchSize: config.limits.maxBatchSize,
                                       maxResultRows: config.limits.maxResultRows, requestTimeout: config.limits.requestTimeout,
                                       slowQueryThreshold: config.logging.slowQueryThreshold),
@@ -130,6 +134,7 @@ public final class KimberliteNode: @unchecked Sendable {
     /// requests answered or failed, journal synced).
     public func run() async throws {
         try await transport.start()
+        checkpointer.checkAllInBackground()
         applier.start()
         driver.start()
         startTimer()

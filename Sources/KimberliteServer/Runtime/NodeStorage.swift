@@ -1,3 +1,4 @@
+import Foundation
 import KimberliteCore
 import KimberliteProjection
 import KimberliteStorage
@@ -13,6 +14,10 @@ struct NodeStorage {
     var superblockState: SuperblockState
     var journal: Journal
     var projection: Projection
+    /// `<data_dir>/projections/checkpoints`.
+    var checkpoints: CheckpointStore
+    /// The newest checkpoint's op (0: none).
+    var newestCheckpointOp: OpNumber
     /// What the replica starts from.
     var durable: DurableState
 
@@ -41,6 +46,8 @@ struct NodeStorage {
                          metadata: ["segment": "\(corruption.segment)", "offset": "\(corruption.offset)", "op": "\(corruption.op)"])
             try journal.quarantineCorruption()
         }
+        let checkpoints = CheckpointStore(dataDir: dataDirectory.path)
+        try rebuildMissingProjection(dataDirectory: dataDirectory, checkpoints: checkpoints, journal: journal, logger: logger)
         let projection = try Projection(directory: dataDirectory.projectionsDirectory, logger: layer("projection"))
         // Only the journal's tail is loaded: from a little below the applied
         // op (memory does not grow with the log), so everything not applied
@@ -68,6 +75,44 @@ struct NodeStorage {
         let superblockState = SuperblockState(clusterName: config.server.clusterName, nodeID: selfID, record: durable.record)
         if superblockState != stored { try superblock.write(superblockState) }
         return NodeStorage(dataDirectory: dataDirectory, superblock: superblock, superblockState: superblockState,
-                           journal: journal, projection: projection, durable: durable)
+                           journal: journal, projection: projection, checkpoints: checkpoints,
+                           newestCheckpointOp: (try? checkpoints.ops())?.first ?? 0, durable: durable)
+    }
+
+    /// A projection file that is gone (deleted to rebuild it, or lost) is
+    /// rebuilt from the newest checkpoint that checks whole and belongs to
+    /// this log (its anchor is the journal's entry at its op); the log after
+    /// it is re-applied at start. Damaged or foreign checkpoints are skipped
+    /// and logged; with none left the projection is rebuilt from op 1.
+    private static func rebuildMissingProjection(dataDirectory: DataDirectory, checkpoints: CheckpointStore, journal: Journal,
+                                                 logger: Logger) throws {
+        let path = dataDirectory.projectionsDirectory + "/projection.sqlite"
+        guard !FileManager.default.fileExists(atPath: path) else { return }
+        // A write-ahead log left behind belongs to the file that is gone.
+        for suffix in ["-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+        for op in try checkpoints.ops() where op <= journal.lastOp {
+            do {
+                let manifest = try checkpoints.manifest(op: op)
+                guard let entry = try journal.entries(from: op, through: op).first, entry.checksum.description == manifest.anchor else {
+                    logger.warning("checkpoint does not belong to this log (its anchor is not the journal's entry at its op); not used",
+                                   metadata: ["op": "\(op)"])
+                    continue
+                }
+                try checkpoints.copy(op: op, to: path)
+                logger.notice("projection rebuilt from checkpoint; re-applying the log after it",
+                              metadata: ["op": "\(op)", "bytes": "\(manifest.bytes)", "path": "\(checkpoints.sqlitePath(op: op))"])
+                return
+            } catch let error as StorageError {
+                if case .checkpointInvalid = error {
+                    logger.error("Checksum mismatch: checkpoint is damaged; not used (trying an older one, or the log)",
+                                 metadata: ["op": "\(op)", "error": "\(error)"])
+                    continue
+                }
+                throw error
+            }
+        }
+        if journal.lastOp > 0 {
+            logger.notice("projection missing and no usable checkpoint: rebuilding it from the log", metadata: ["journal_op": "\(journal.lastOp)"])
+        }
     }
 }

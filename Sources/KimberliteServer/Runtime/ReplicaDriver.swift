@@ -351,6 +351,8 @@ final class ApplyEngine: @unchecked Sendable {
     private let logger: Logger
     private let finished = DispatchSemaphore(value: 0)
     private var started = false
+    /// Told after every applied chunk (set before `start()`).
+    var checkpointer: Checkpointer?
 
     init(projection: Projection, registry: RequestRegistry, logger: Logger) {
         self.projection = projection
@@ -384,6 +386,7 @@ final class ApplyEngine: @unchecked Sendable {
             for start in stride(from: pending.startIndex, to: pending.endIndex, by: Self.entriesPerTransaction) {
                 let chunk = Array(pending[start..<min(start + Self.entriesPerTransaction, pending.endIndex)])
                 applyRetryingWhileTheDiskIsFull(chunk)
+                checkpointer?.applied(through: projection.appliedOp)
             }
         }
         finished.signal()

@@ -1,0 +1,140 @@
+import Foundation
+import KimberliteCore
+import KimberliteProjection
+import KimberliteStorage
+import Logging
+import Metrics
+
+/// Takes projection checkpoints (DESIGN.md §2b "Checkpoints") on a queue of
+/// its own: every `checkpoint_interval` applied ops, and on demand (an
+/// online backup). A checkpoint is a `VACUUM INTO` copy read from one
+/// snapshot while the apply thread goes on, so writes never wait for it.
+/// The two newest are kept, plus any a backup is copying.
+final class Checkpointer: @unchecked Sendable {
+    let store: CheckpointStore
+    private let projection: Projection
+    /// Applied ops between checkpoints (`[projections] checkpoint_interval`); 0 disables periodic ones.
+    private let interval: OpNumber
+    private let logger: Logger
+    private let queue = DispatchQueue(label: "kimberlite.checkpoint", qos: .utility)
+    private let lock = NSLock()
+    private var scheduled = false
+    private var newestOp: OpNumber
+    private var pinned: [OpNumber: Int] = [:]
+    private var copies = 0
+    private let opGauge = Gauge(label: "kmb_checkpoint_op")
+    private let durationTimer = Metrics.Timer(label: "kmb_checkpoint_duration_seconds")
+    private let checksumFailures = Counter(label: "kmb_checksum_failures_total")
+
+    /// - Parameter newestOp: the op of the newest valid checkpoint on disk (0: none).
+    init(store: CheckpointStore, projection: Projection, interval: Int, newestOp: OpNumber, logger: Logger) {
+        self.store = store
+        self.projection = projection
+        self.interval = OpNumber(max(0, interval))
+        self.newestOp = newestOp
+        self.logger = logger
+        opGauge.record(Int64(bitPattern: newestOp))
+    }
+
+    /// The op of the newest checkpoint taken or found (0: none).
+    var latestOp: OpNumber { lock.withLock { newestOp } }
+
+    /// Called from the apply thread after each applied chunk: schedules a
+    /// checkpoint once `interval` ops were applied since the newest one.
+    func applied(through op: OpNumber) {
+        let due = lock.withLock { () -> Bool in
+            guard interval > 0, !scheduled, op >= newestOp + interval else { return false }
+            scheduled = true
+            return true
+        }
+        guard due else { return }
+        queue.async { [self] in
+            defer { lock.withLock { scheduled = false } }
+            do { _ = try take() } catch {
+                // The next applied chunk tries again; the log keeps everything meanwhile.
+                logger.error("checkpoint failed; retrying after the next applied ops", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// Takes a checkpoint of everything applied now (blocking; serialised
+    /// with the periodic ones) and pins it until `unpin` so pruning keeps it.
+    /// - Throws: `ProjectionError` or `StorageError` naming what failed.
+    func takePinned() throws -> CheckpointManifest {
+        try queue.sync {
+            let manifest = try take()
+            lock.withLock { pinned[manifest.op, default: 0] += 1 }
+            return manifest
+        }
+    }
+
+    /// Releases a pin taken by `takePinned`.
+    func unpin(_ op: OpNumber) {
+        lock.withLock {
+            pinned[op, default: 1] -= 1
+            if pinned[op] == 0 { pinned[op] = nil }
+        }
+    }
+
+    /// Checks every checkpoint whole in the background (at start): a damaged
+    /// one is logged, counted in `kmb_checksum_failures_total` and moved
+    /// aside, so it is never installed, sent or backed up.
+    func checkAllInBackground() {
+        queue.async { [self] in
+            for op in (try? store.ops()) ?? [] {
+                do { try store.check(op: op) } catch {
+                    quarantine(op: op, error)
+                }
+            }
+            let newest = (try? store.ops())?.first ?? 0
+            lock.withLock { newestOp = newest }
+            opGauge.record(Int64(bitPattern: newest))
+        }
+    }
+
+    private func quarantine(op: OpNumber, _ error: Error) {
+        checksumFailures.increment()
+        logger.error("Checksum mismatch: checkpoint is damaged; moved aside, not used (an older checkpoint or the log serves instead)",
+                     metadata: ["op": "\(op)", "error": "\(error)"])
+        do { try store.quarantine(op: op) } catch {
+            logger.error("cannot move the damaged checkpoint aside", metadata: ["op": "\(op)", "error": "\(error)"])
+        }
+    }
+
+    private func take() throws -> CheckpointManifest {
+        try FileManager.default.createDirectory(atPath: store.directory, withIntermediateDirectories: true)
+        copies += 1
+        let temporary = store.directory + "/tmp-\(getpid())-\(copies).sqlite"
+        let started = ContinuousClock.now
+        let copied: (op: OpNumber, anchor: Checksum)
+        do {
+            try? FileManager.default.removeItem(atPath: temporary)
+            copied = try projection.writeConsistentCopy(to: temporary)
+        } catch {
+            try? FileManager.default.removeItem(atPath: temporary)
+            throw error
+        }
+        if let existing = try? store.manifest(op: copied.op) {
+            // Nothing applied since that checkpoint: it is this one.
+            try? FileManager.default.removeItem(atPath: temporary)
+            return existing
+        }
+        let manifest = try store.seal(temporaryFile: temporary, op: copied.op, anchor: copied.anchor,
+                                      nowMs: Int64(Date().timeIntervalSince1970 * 1000))
+        let elapsed = ContinuousClock.now - started
+        durationTimer.recordNanoseconds(Int64(elapsed.components.seconds) * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
+        let protecting = lock.withLock { () -> Set<OpNumber> in
+            newestOp = max(newestOp, manifest.op)
+            return Set(pinned.keys)
+        }
+        opGauge.record(Int64(bitPattern: manifest.op))
+        do { try store.prune(keeping: 2, protecting: protecting) } catch {
+            logger.warning("cannot remove an old checkpoint", metadata: ["error": "\(error)"])
+        }
+        logger.info("checkpoint taken", metadata: [
+            "op": "\(manifest.op)", "bytes": "\(manifest.bytes)", "duration_ms": "\(Int(elapsed.milliseconds))",
+            "path": "\(store.sqlitePath(op: manifest.op))",
+        ])
+        return manifest
+    }
+}

@@ -1,0 +1,53 @@
+import Foundation
+import KimberliteCore
+import Testing
+@testable import KimberliteProjection
+
+/// `writeConsistentCopy`: the copy a checkpoint is made of.
+@Suite struct CheckpointCopyTests {
+    @Test func copyHoldsTheAppliedPrefixAndItsHashChainAnchor() throws {
+        try withProjection { projection, directory in
+            var log = LogBuilder()
+            _ = try projection.apply(log.next("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"))
+            let inserts = (1...50).map { log.next("INSERT INTO t(v) VALUES (?1)", [.text("row-\($0)")], session: ClientSession(clientID: "c", requestNumber: UInt64($0))) }
+            _ = try projection.apply(Array(inserts[0..<30]))
+            _ = try projection.apply(Array(inserts[30...]))
+            let path = directory + "/copy.sqlite"
+            let copied = try projection.writeConsistentCopy(to: path)
+            #expect(copied.op == 51 && copied.op == projection.appliedOp)
+            #expect(copied.anchor == inserts.last!.checksum, "the anchor is the checksum of the last applied entry")
+            #expect(try Projection.readCheckpointMetadata(path: path) == copied)
+
+            // Opened as a projection, the copy is the same state, and applies the next entry.
+            let restored = directory + "/restored"
+            try FileManager.default.createDirectory(atPath: restored, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: path, toPath: restored + "/projection.sqlite")
+            let reopened = try Projection(directory: restored)
+            defer { reopened.close() }
+            #expect(reopened.appliedOp == 51)
+            #expect(try reopened.contentDigest() == projection.contentDigest())
+            let next = log.next("INSERT INTO t(v) VALUES ('after')")
+            _ = try reopened.apply(next)
+            _ = try projection.apply(next)
+            #expect(try reopened.contentDigest() == projection.contentDigest())
+        }
+    }
+
+    @Test func aCopyOfAnEmptyProjectionIsAtOpZero() throws {
+        try withProjection { projection, directory in
+            let copied = try projection.writeConsistentCopy(to: directory + "/empty-copy.sqlite")
+            #expect(copied.op == 0 && copied.anchor == .zero)
+        }
+    }
+
+    @Test func aCopyIntoAMissingDirectoryFailsNamingThePath() throws {
+        try withProjection { projection, directory in
+            do {
+                _ = try projection.writeConsistentCopy(to: directory + "/no/such/dir/copy.sqlite")
+                Issue.record("copy into a missing directory succeeded")
+            } catch let error as ProjectionError {
+                #expect("\(error)".contains("no/such/dir/copy.sqlite"), "\(error)")
+            }
+        }
+    }
+}

@@ -13,8 +13,7 @@ import KimberliteCore
 /// What a checkpoint holds, written next to its SQLite file as
 /// `<op, 20 digits>.manifest` (DESIGN.md §2b "Checkpoints").
 ///
-/// File format: the line `KMBCKPT1 <SHA-256 hex of the JSON>` then the JSON
-/// of this struct. A manifest is written last, after its SQLite file is
+/// File format: `ChecksummedJSON` with magic `KMBCKPT1`. A manifest is written last, after its SQLite file is
 /// fsynced, so a checkpoint without one is an unfinished copy.
 public struct CheckpointManifest: Codable, Equatable, Sendable {
     public var format: Int
@@ -85,24 +84,10 @@ public struct CheckpointStore: Sendable {
     /// - Throws: `StorageError.checkpointInvalid` naming the file and what is wrong.
     public func manifest(op: OpNumber) throws -> CheckpointManifest {
         let path = manifestPath(op: op)
-        let bytes: [UInt8]
-        do { bytes = try FileIO.readWholeFile(path) } catch {
-            throw StorageError.checkpointInvalid(path: path, reason: "cannot read it: \(error)")
-        }
-        guard let newline = bytes.firstIndex(of: 10) else {
-            throw StorageError.checkpointInvalid(path: path, reason: "no header line")
-        }
-        let header = String(decoding: bytes[..<newline], as: UTF8.self).split(separator: " ")
-        let body = Array(bytes[(newline + 1)...])
-        guard header.count == 2, header[0] == Self.magic else {
-            throw StorageError.checkpointInvalid(path: path, reason: "not a checkpoint manifest (no \(Self.magic) header)")
-        }
-        guard Self.hex(SHA256.hash(data: body)) == header[1] else {
-            throw StorageError.checkpointInvalid(path: path, reason: "checksum mismatch in the manifest")
-        }
         let manifest: CheckpointManifest
-        do { manifest = try JSONDecoder().decode(CheckpointManifest.self, from: Data(body)) } catch {
-            throw StorageError.checkpointInvalid(path: path, reason: "manifest does not decode: \(error)")
+        switch ChecksummedJSON.read(CheckpointManifest.self, magic: Self.magic, from: path) {
+        case .success(let value): manifest = value
+        case .failure(let failure): throw StorageError.checkpointInvalid(path: path, reason: failure.reason)
         }
         guard manifest.format == 1 else {
             throw StorageError.checkpointInvalid(path: path, reason: "unknown manifest format \(manifest.format)")
@@ -169,23 +154,7 @@ public struct CheckpointStore: Sendable {
     /// Writes `manifest` for a SQLite file already in place.
     /// - Throws: `StorageError` naming the file.
     public func writeManifest(_ manifest: CheckpointManifest) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let body = Array(try! encoder.encode(manifest))
-        let bytes = Array("\(Self.magic) \(Self.hex(SHA256.hash(data: body)))\n".utf8) + body
-        let path = manifestPath(op: manifest.op)
-        let temporary = path + ".tmp"
-        let fd = try FileIO.openFile(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
-        do {
-            defer { FileIO.closeFile(fd) }
-            try FileIO.write(fd, bytes, at: 0, path: temporary)
-            try FileIO.sync(fd, path: temporary)
-        } catch {
-            try? FileIO.remove(temporary)
-            throw error
-        }
-        try FileIO.rename(temporary, path)
-        try FileIO.syncDirectory(directory)
+        try ChecksummedJSON.write(manifest, magic: Self.magic, to: manifestPath(op: manifest.op))
     }
 
     /// Deletes all but the `keeping` newest checkpoints, and leftovers of
@@ -287,9 +256,7 @@ public struct CheckpointStore: Sendable {
         return (hex(hasher.finalize()), offset)
     }
 
-    static func hex(_ digest: some Sequence<UInt8>) -> String {
-        digest.map { byte in byte < 16 ? "0" + String(byte, radix: 16) : String(byte, radix: 16) }.joined()
-    }
+    static func hex(_ digest: some Sequence<UInt8>) -> String { ChecksummedJSON.hex(digest) }
 }
 
 extension Checksum {

@@ -116,7 +116,10 @@ public struct VerifyReport: Codable, Sendable {
 /// Reads only; never changes a file. Does not take the directory lock.
 public enum DataDirectoryVerifier {
     /// Scans every segment (header, frame CRC32C, entry SHA-256, op
-    /// continuity, hash chain across segments) and every superblock copy.
+    /// continuity, hash chain across segments), every superblock copy and
+    /// every checkpoint. A backup directory (one with `backup.manifest`) is
+    /// checked as a backup: every file against the manifest, the checkpoint,
+    /// and a log that ends exactly at the backup's op and anchor.
     /// A torn tail at the very end of the log is a warning; damage anywhere
     /// else is an error, and the scan resynchronises after it to report more.
     public static func verify(dataDir: String) -> VerifyReport {
@@ -139,6 +142,7 @@ public enum DataDirectoryVerifier {
         var superblockCopiesValid = 0
         var superblock: SuperblockState?
         var checkpoints: [OpNumber] = []
+        var lastChecksum: Checksum?
 
         init(dataDir: String) { self.dataDir = dataDir }
 
@@ -164,13 +168,20 @@ public enum DataDirectoryVerifier {
             if names.isEmpty {
                 return directoryProblem(.emptyDirectory, "holds no superblock and no log/")
             }
+            if Backup.isBackup(dataDir) {
+                // A backup directory: log, checkpoint, and every file against its manifest.
+                if FileIO.kind(dataDir + "/log") == .directory { scanLog() }
+                scanCheckpoints(CheckpointStore(directory: dataDir + "/checkpoint"), relativeDirectory: "checkpoint/")
+                problems += Backup.problems(in: dataDir, scannedLastOp: lastOp, lastChecksum: lastChecksum)
+                return
+            }
             let hasLog = FileIO.kind(dataDir + "/log") == .directory
             let hasSuperblock = FileIO.kind(dataDir + "/superblock") != .missing
             if !hasLog && !hasSuperblock {
                 return directoryProblem(.notADataDirectory, "holds no superblock and no log/ (found \(names.prefix(5).joined(separator: ", "))\(names.count > 5 ? ", …" : ""))")
             }
             if hasLog { scanLog() }
-            scanCheckpoints()
+            scanCheckpoints(CheckpointStore(dataDir: dataDir), relativeDirectory: "projections/checkpoints/")
             if hasSuperblock {
                 scanSuperblock()
             } else {
@@ -208,9 +219,7 @@ public enum DataDirectoryVerifier {
 
         /// Every checkpoint whole (manifest checksum, size, SHA-256 of the
         /// SQLite file). An unfinished copy is a warning: the server removes it.
-        mutating func scanCheckpoints() {
-            let store = CheckpointStore(dataDir: dataDir)
-            let relativeDirectory = "projections/checkpoints/"
+        mutating func scanCheckpoints(_ store: CheckpointStore, relativeDirectory: String) {
             let ops: [OpNumber]
             do { ops = try store.ops() } catch {
                 problems.append(VerifyProblem(.error, .unreadable, file: relativeDirectory, subject: "checkpoint directory", detail: "\(error)"))
@@ -258,6 +267,7 @@ public enum DataDirectoryVerifier {
                     logBytes += bytes
                 case .entry(let entry, _):
                     entries += 1
+                    if entry.op > lastOp { lastChecksum = entry.checksum }
                     lastOp = max(lastOp, entry.op)
                 case .segmentEnd:
                     break

@@ -189,6 +189,28 @@ public final class Journal {
         try entries(from: firstOp, through: lastOp)
     }
 
+    /// The byte ranges of the segment files that hold ops `firstOp...op`:
+    /// each file's path and the length of its prefix up to the end of op
+    /// `op`'s frame (segments wholly after `op` are left out). Those bytes
+    /// never change while `op` is committed, so they can be copied while the
+    /// journal goes on appending (an online backup).
+    /// - Throws: `StorageError.invalidArgument` when `op` is not in the log.
+    public func extent(through op: OpNumber) throws -> [(path: String, bytes: Int)] {
+        guard op >= firstOp, op <= lastOp else {
+            throw StorageError.invalidArgument("op \(op) is not in the journal (it holds \(firstOp)...\(lastOp))")
+        }
+        var result: [(path: String, bytes: Int)] = []
+        for segment in segments where segment.firstOp <= op {
+            if segment.offsets.isEmpty || segment.lastOp <= op {
+                result.append((segment.path, segment.size))
+            } else {
+                let next = Int(op - segment.firstOp) + 1
+                result.append((segment.path, segment.offsets[next]))
+            }
+        }
+        return result
+    }
+
     /// Entries `from...through`, clamped to the ops the log holds; empty if none.
     /// - Throws: `StorageError.corrupt` if a frame no longer verifies.
     public func entries(from: OpNumber, through: OpNumber) throws -> [LogEntry] {

@@ -28,6 +28,10 @@ struct APIError: Error, Sendable, Equatable {
         case diskFull = "disk_full"
         /// 503: this node's log contradicts the cluster's; it serves nothing (not accepted).
         case diverged
+        /// 404: an operations resource that does not exist (an unknown or expired backup).
+        case notFound = "not_found"
+        /// 500: the node failed at an operation (a checkpoint for a backup); the message says where.
+        case operationFailed = "operation_failed"
 
         var status: Int {
             switch self {
@@ -37,6 +41,8 @@ struct APIError: Error, Sendable, Equatable {
             case .applyFailed, .staleRequest, .requestInProgress, .sessionExpired: return 409
             case .tooLarge: return 413
             case .diskFull: return 507
+            case .notFound: return 404
+            case .operationFailed: return 500
             }
         }
     }

@@ -27,6 +27,7 @@ public final class KimberliteNode: @unchecked Sendable {
     let driver: ReplicaDriver
     let applier: ApplyEngine
     let checkpointer: Checkpointer
+    let backups: BackupService
     let api: ClientAPI
     private let group: MultiThreadedEventLoopGroup
     private var timer: DispatchSourceTimer?
@@ -121,6 +122,7 @@ public final class KimberliteNode: @unchecked Sendable {
         let systemd = self.systemd
         driver.afterBatch = { systemd.watchdogIfDue() }
         api.driver = driver
+        backups = BackupService(checkpointer: checkpointer, driver: driver, clusterName: config.server.clusterName, nodeID: selfID)
         for key in config.notInEffectYet {
             logger.warning("configuration key is accepted but not in effect yet", metadata: ["key": "\(key)"])
         }

@@ -42,6 +42,30 @@ extension KimberliteNode {
             let body = #"{"ready":\#(ready),"status":"\#(snapshot.status.rawValue)","leader_id":\#(snapshot.leader ?? 0)}"#
             return Self.json(ready ? 200 : 503, Array(body.utf8))
         }
+        let backups = self.backups
+        router.post("/backup") { _, _ -> Response in
+            do { return Self.json(200, ClientAPI.encode(try await backups.start())) } catch let error as APIError {
+                return Self.json(error.response)
+            }
+        }
+        router.get("/backup/:id/checkpoint") { _, context -> Response in
+            do {
+                let file = try backups.file(backupID: context.parameters.get("id") ?? "", log: nil)
+                return BackupService.stream(path: file.path, bytes: file.bytes)
+            } catch let error as APIError { return Self.json(error.response) }
+        }
+        router.get("/backup/:id/log/:name") { _, context -> Response in
+            do {
+                let file = try backups.file(backupID: context.parameters.get("id") ?? "", log: context.parameters.get("name") ?? "")
+                return BackupService.stream(path: file.path, bytes: file.bytes)
+            } catch let error as APIError { return Self.json(error.response) }
+        }
+        router.delete("/backup/:id") { _, context -> Response in
+            let id = context.parameters.get("id") ?? ""
+            return backups.finish(backupID: id)
+                ? Self.json(200, Array(#"{"released":true}"#.utf8))
+                : Self.json(APIError(.notFound, "no backup \(id) in progress on this node").response)
+        }
         return router
     }
 

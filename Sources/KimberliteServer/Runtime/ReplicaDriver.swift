@@ -44,6 +44,9 @@ enum DriverInput: Sendable {
     case event(ReplicaEvent)
     case write(ClientRequest)
     case read(id: UInt64)
+    /// Runs on the driver thread, between batches, with the journal and the
+    /// replica's durable record (the journal has one owner thread).
+    case inspect(@Sendable (Journal, DurableRecord) -> Void)
 }
 
 /// Runs the pure `Replica` on one thread together with the journal:
@@ -117,6 +120,13 @@ final class ReplicaDriver: @unchecked Sendable {
 
     func submit(_ input: DriverInput) { queue.push([input]) }
 
+    /// Runs `body` on the driver thread with the journal and the durable record, and returns its result.
+    func inspect<T: Sendable>(_ body: @escaping @Sendable (Journal, DurableRecord) throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            submit(.inspect { journal, record in continuation.resume(with: Result { try body(journal, record) }) })
+        }
+    }
+
     private func run() {
         while let batch = queue.next(drainOnStop: false) { process(batch) }
         do { try journal.sync() } catch { logger.error("final journal sync failed: \(error)") }
@@ -129,6 +139,7 @@ final class ReplicaDriver: @unchecked Sendable {
             switch input {
             case .event(let event): perform(replica.handle(event))
             case .read(let id): perform(replica.handle(.readRequest(id: id)))
+            case .inspect(let body): body(journal, replica.durableRecord)
             case .write(let request): writes.append(request)
             }
         }

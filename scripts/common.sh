@@ -7,7 +7,7 @@ die() { log "error: $*"; exit 1; }
 
 # Installs the Debian packages the build, the tests and the scripts need.
 install_dependencies() {
-    local wanted=(libsqlite3-dev libsystemd-dev pkg-config jq curl python3 ca-certificates "$@")
+    local wanted=(libsqlite3-dev libsystemd-dev pkg-config jq curl python3 ca-certificates rsync "$@")
     local missing=()
     for package in "${wanted[@]}"; do
         dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

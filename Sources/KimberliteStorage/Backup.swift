@@ -194,7 +194,9 @@ public enum Backup {
             record.recovering = true
             record.recoveryTarget = manifest.op
         }
-        try data.openSuperblock().write(SuperblockState(clusterName: clusterName ?? manifest.clusterName, nodeID: nodeID, record: record))
+        var state = SuperblockState(clusterName: clusterName ?? manifest.clusterName, nodeID: nodeID, record: record)
+        state.newestSegmentOp = manifest.segments.compactMap { SegmentFormat.firstOp(fromFileName: ($0.path as NSString).lastPathComponent) }.max() ?? 0
+        try data.openSuperblock().write(state)
         return manifest
     }
 

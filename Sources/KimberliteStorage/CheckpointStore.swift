@@ -171,7 +171,8 @@ public struct CheckpointStore: Sendable {
         var removed: [OpNumber] = []
         for name in try FileIO.list(directory) {
             let path = directory + "/" + name
-            if path == activeTemporary || name.hasPrefix(".") || name.hasSuffix(Self.quarantineSuffix) { continue }
+            if path == activeTemporary || name.hasPrefix(".") || name.hasSuffix(Self.quarantineSuffix)
+                || name.hasSuffix(Journal.setAsideSuffix) { continue }
             let base = name.split(separator: ".").first.map(String.init) ?? name
             if kept.contains(base) && (name.hasSuffix(Self.sqliteExtension) || name.hasSuffix(Self.manifestExtension)) { continue }
             if name.hasSuffix(Self.manifestExtension), let op = OpNumber(base) { removed.append(op) }
@@ -183,14 +184,16 @@ public struct CheckpointStore: Sendable {
         return removed
     }
 
-    static let quarantineSuffix = ".corrupt"
+    public static let quarantineSuffix = ".corrupt"
 
-    /// Moves a damaged checkpoint aside (`<op>.manifest.corrupt`,
-    /// `<op>.sqlite.corrupt`) as evidence: it is no longer listed, used or pruned.
+    /// Moves a checkpoint aside (`<op>.manifest<suffix>`, `<op>.sqlite<suffix>`;
+    /// `.corrupt` for a damaged one, `Journal.setAsideSuffix` for one from a
+    /// later state of a restored directory), kept as evidence: it is no
+    /// longer listed, used or pruned.
     /// - Throws: `StorageError` naming the file.
-    public func quarantine(op: OpNumber) throws {
+    public func quarantine(op: OpNumber, suffix: String = quarantineSuffix) throws {
         for path in [manifestPath(op: op), sqlitePath(op: op)] where FileIO.kind(path) == .file {
-            try FileIO.rename(path, path + Self.quarantineSuffix)
+            try FileIO.rename(path, path + suffix)
         }
         try FileIO.syncDirectory(directory)
     }

@@ -256,7 +256,9 @@ public enum DataDirectoryVerifier {
                 return
             }
             for name in listing.others {
-                let detail = name.contains(".corrupt") ? "quarantined evidence of earlier corruption (not part of the log)" : "not a segment file"
+                let detail = name.contains(".corrupt") ? "quarantined evidence of earlier corruption (not part of the log)"
+                    : name.hasSuffix(Journal.setAsideSuffix) ? "set aside at start: written after the superblock in place, so the directory was restored from an older copy (not part of the log)"
+                    : "not a segment file"
                 problems.append(VerifyProblem(.warning, .unexpectedFile, file: "log/" + name, subject: "file log/\(name)", detail: detail))
             }
             // Reports every damage and reads on past it.

@@ -77,6 +77,10 @@ public final class Journal {
     public let syncMode: SyncMode
     /// fsyncs slower than this are logged as "slow fsync" warnings.
     public var slowFsyncThreshold: Duration = .milliseconds(10)
+    /// Called with a new segment's first op before its file is created (the
+    /// server records it in the superblock: `SuperblockState.newestSegmentOp`).
+    /// An error fails the append that needed the segment.
+    public var willCreateSegment: ((OpNumber) throws -> Void)?
 
     /// The last op in the log; 0 when empty.
     public private(set) var lastOp: OpNumber = 0
@@ -179,6 +183,30 @@ public final class Journal {
 
     deinit {
         FileIO.closeFile(currentFD)
+    }
+
+    /// Suffix of segment files set aside by `setAsideSegments`.
+    public static let setAsideSuffix = ".after-restore"
+
+    /// Sets aside (renames to `<name>.after-restore`, kept as evidence) every
+    /// segment file in `directory` whose first op is after `newestAnnounced`:
+    /// the superblock announces each segment before creating it, so such a
+    /// file was written after the superblock in place, which can only happen
+    /// when the data directory was restored from an older copy (the guide's
+    /// `rsync -av backup/ /var/lib/kimberlite/` leaves newer files behind).
+    /// Call before opening the journal. `newestAnnounced == 0` (unknown) sets
+    /// nothing aside.
+    /// - Returns: the file names set aside.
+    /// - Throws: `StorageError` when the directory cannot be listed or a file renamed.
+    public static func setAsideSegments(in directory: String, after newestAnnounced: OpNumber) throws -> [String] {
+        guard newestAnnounced > 0, FileIO.kind(directory) == .directory else { return [] }
+        var setAside: [String] = []
+        for segment in try SegmentScanner.list(directory).segments where segment.firstOp > newestAnnounced {
+            try FileIO.rename(directory + "/" + segment.name, directory + "/" + segment.name + setAsideSuffix)
+            setAside.append(segment.name)
+        }
+        if !setAside.isEmpty { try FileIO.syncDirectory(directory) }
+        return setAside
     }
 
     // MARK: Reading
@@ -484,6 +512,9 @@ public final class Journal {
     }
 
     private func createSegment(firstOp: OpNumber) throws {
+        // Announced before the file exists, so a segment the superblock does
+        // not know of can only come from a directory restored from an older copy.
+        try willCreateSegment?(firstOp)
         if currentFD >= 0 {
             if currentDirty && syncMode == .fsync { unsyncedPaths.append(currentFDPath) }
             FileIO.closeFile(currentFD)

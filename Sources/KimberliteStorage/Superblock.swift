@@ -39,6 +39,11 @@ public struct SuperblockState: Equatable, Sendable, Codable {
     /// Where the replica found its committed log contradicts the cluster's
     /// (see `DurableRecord.divergence`); nil while it does not.
     public var divergence: Divergence? = nil
+    /// The first op of the newest journal segment this superblock announced
+    /// (written before the segment file is created); 0 when unknown. A
+    /// segment starting after it was written after this superblock: the
+    /// directory was restored from an older copy (see `Journal.setAsideSegments`).
+    public var newestSegmentOp: OpNumber = 0
 
     public init(clusterName: String, nodeID: NodeID, view: ViewNumber = 0, logView: ViewNumber = 0,
                 commitNumber: OpNumber = 0, epoch: UInt64 = 0, members: [NodeID]) {
@@ -202,11 +207,12 @@ public final class Superblock {
         writer.writeBlob(state.members)
         writer.write(state.recoveryTarget)
         writer.write(UInt8((state.formed ? 1 : 0) | (state.logStarted ? 2 : 0) | (state.recovering ? 4 : 0)
-                           | (state.divergence != nil ? 8 : 0)))
+                           | (state.divergence != nil ? 8 : 0) | (state.newestSegmentOp > 0 ? 16 : 0)))
         if let divergence = state.divergence {
             writer.write(divergence.op)
             writer.write(divergence.peer)
         }
+        if state.newestSegmentOp > 0 { writer.write(state.newestSegmentOp) }
         return writer.bytes
     }
 
@@ -260,11 +266,12 @@ public final class Superblock {
                 members: try body.readBlob(limit: 256))
             state.recoveryTarget = try body.read()
             let flags: UInt8 = try body.read()
-            guard flags & ~15 == 0 else { slot.problem = "unknown flags \(flags)"; return slot }
+            guard flags & ~31 == 0 else { slot.problem = "unknown flags \(flags)"; return slot }
             state.formed = flags & 1 != 0
             state.logStarted = flags & 2 != 0
             state.recovering = flags & 4 != 0
             if flags & 8 != 0 { state.divergence = Divergence(op: try body.read(), peer: try body.read()) }
+            if flags & 16 != 0 { state.newestSegmentOp = try body.read() }
             guard body.isAtEnd else { slot.problem = "trailing bytes in state"; return slot }
             slot.state = state
         } catch {

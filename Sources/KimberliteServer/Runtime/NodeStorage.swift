@@ -36,6 +36,14 @@ struct NodeStorage {
                 detail: "it belongs to node \(stored.nodeID) of cluster \"\(stored.clusterName)\", this is node \(selfID) of cluster \"\(config.server.clusterName)\"")
         }
 
+        // Files written after the superblock in place: the directory was
+        // restored from an older copy (rsync without --delete); they are not
+        // this superblock's log.
+        let setAside = try Journal.setAsideSegments(in: dataDirectory.logDirectory, after: stored?.newestSegmentOp ?? 0)
+        if !setAside.isEmpty {
+            logger.warning("set aside journal segments written after this superblock (the data directory was restored from an older copy); kept as *\(Journal.setAsideSuffix)",
+                           metadata: ["segments": "\(setAside.joined(separator: ","))", "newest_announced_op": "\(stored?.newestSegmentOp ?? 0)"])
+        }
         let journal = try dataDirectory.openJournal(segmentSize: config.storage.segmentSize,
                                                     syncMode: SyncMode(rawValue: config.storage.syncMode.rawValue) ?? .fsync,
                                                     logger: layer("storage"))
@@ -49,6 +57,7 @@ struct NodeStorage {
         let checkpoints = CheckpointStore(dataDir: dataDirectory.path)
         try rebuildMissingProjection(dataDirectory: dataDirectory, checkpoints: checkpoints, journal: journal, logger: logger)
         let projection = try Projection(directory: dataDirectory.projectionsDirectory, logger: layer("projection"))
+        setAsideCheckpoints(checkpoints, journal: journal, appliedOp: projection.appliedOp, logger: logger)
         // Only the journal's tail is loaded: from a little below the applied
         // op (memory does not grow with the log), so everything not applied
         // yet, and every uncommitted op, is in memory.
@@ -72,11 +81,35 @@ struct NodeStorage {
             }
         }
         // One write for everything start-up decided, before the replica acts on it.
-        let superblockState = SuperblockState(clusterName: config.server.clusterName, nodeID: selfID, record: durable.record)
+        var superblockState = SuperblockState(clusterName: config.server.clusterName, nodeID: selfID, record: durable.record)
+        superblockState.newestSegmentOp = stored?.newestSegmentOp ?? 0
         if superblockState != stored { try superblock.write(superblockState) }
         return NodeStorage(dataDirectory: dataDirectory, superblock: superblock, superblockState: superblockState,
                            journal: journal, projection: projection, checkpoints: checkpoints,
                            newestCheckpointOp: (try? checkpoints.ops())?.first ?? 0, durable: durable)
+    }
+
+    /// Checkpoints from a later state of this directory (it was restored
+    /// from an older copy): past both the journal's last op and the
+    /// projection's applied op, or not matching the journal's entry at their
+    /// op. Set aside, so they are neither used nor counted as the newest.
+    private static func setAsideCheckpoints(_ checkpoints: CheckpointStore, journal: Journal, appliedOp: OpNumber, logger: Logger) {
+        for op in (try? checkpoints.ops()) ?? [] {
+            let later: Bool
+            if op > journal.lastOp {
+                later = op > appliedOp
+            } else if let manifest = try? checkpoints.manifest(op: op), let entry = try? journal.entries(from: op, through: op).first {
+                later = entry.checksum.description != manifest.anchor
+            } else {
+                later = false
+            }
+            guard later else { continue }
+            logger.warning("set aside a checkpoint this log never reached (the data directory was restored from an older copy)",
+                           metadata: ["op": "\(op)", "journal_op": "\(journal.lastOp)", "applied_op": "\(appliedOp)"])
+            do { try checkpoints.quarantine(op: op, suffix: Journal.setAsideSuffix) } catch {
+                logger.error("cannot set the checkpoint aside", metadata: ["op": "\(op)", "error": "\(error)"])
+            }
+        }
     }
 
     /// A projection file that is gone (deleted to rebuild it, or lost) is

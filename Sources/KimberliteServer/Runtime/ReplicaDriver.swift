@@ -97,6 +97,11 @@ final class ReplicaDriver: @unchecked Sendable {
         self.logger = logger
         self.metrics = metrics
         self.enqueuedForApply = appliedOp
+        journal.willCreateSegment = { [unowned self] firstOp in
+            // Announce the segment before it exists (see `Journal.setAsideSegments`).
+            self.superblockState.newestSegmentOp = firstOp
+            try self.superblock.write(self.superblockState)
+        }
         publish()
         // Committed ops the projection has not applied yet (a restart).
         enqueueCommitted(through: replica.commitNumber)

@@ -72,6 +72,8 @@ final class AuthorizerState {
         case SQLITE_PRAGMA: return PragmaPolicy.refusal(name: a1 ?? "", argument: a2)
         default: break
         }
+        // The audit trail is readable by anyone who may query; only the node writes it.
+        if action == SQLITE_READ, a1?.lowercased() == "_kmb_audit" { return nil }
         if firstArgumentIsObject.contains(action), let name = a1, isInternal(name) { return .internalTable(name) }
         if secondArgumentIsTable.contains(action), let name = a2, isInternal(name) { return .internalTable(name) }
         return nil

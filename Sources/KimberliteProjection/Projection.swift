@@ -101,6 +101,8 @@ public final class Projection: @unchecked Sendable {
                 CREATE TABLE IF NOT EXISTS _kmb_evicted_clients(
                     client_id TEXT PRIMARY KEY, evicted_at_op INTEGER NOT NULL) WITHOUT ROWID;
                 CREATE INDEX IF NOT EXISTS _kmb_evicted_by_op ON _kmb_evicted_clients(evicted_at_op, client_id);
+                CREATE TABLE IF NOT EXISTS _kmb_audit(
+                    op INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL);
                 COMMIT;
                 """)
             guard case .integer(let format)? = try db.scalar("SELECT value FROM _kmb_meta WHERE key = 'format'"),
@@ -241,6 +243,12 @@ public final class Projection: @unchecked Sendable {
         }
         let outcome: ApplyOutcome
         if entry.payload.isEmpty {
+            outcome = .applied([])
+        } else if let record = SystemRecord.decode(entry.payload) {
+            // Written by the cluster (an audit record): trusted, never refused.
+            writerAuthorizer.begin(.trusted)
+            try db.run("INSERT OR REPLACE INTO _kmb_audit(op, at_ms, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+                       [.integer(Int64(bitPattern: entry.op)), .integer(entry.timestampMs), .text(record.kind), .text(record.detail)])
             outcome = .applied([])
         } else {
             do {

@@ -176,6 +176,40 @@ public struct WriteBatch: Sendable, Equatable {
     }
 }
 
+/// A log entry written by the cluster itself, not by a client: an audit
+/// record (`kind` such as "force_leader", `detail` JSON), applied into the
+/// read-only table `_kmb_audit(op, at_ms, kind, detail)`.
+///
+/// Binary form: `version(u8 = 2) kind(u32 len + UTF-8) detail(u32 len + UTF-8)`;
+/// version 2 tells it from a `WriteBatch` (version 1), which clients cannot
+/// produce in any other form.
+public struct SystemRecord: Sendable, Equatable {
+    public var kind: String
+    public var detail: String
+
+    public init(kind: String, detail: String) { self.kind = kind; self.detail = detail }
+
+    static let formatVersion: UInt8 = 2
+
+    public func encode() -> [UInt8] {
+        var writer = ByteWriter(capacity: 16 + kind.utf8.count + detail.utf8.count)
+        writer.write(Self.formatVersion)
+        writer.writeString(kind)
+        writer.writeString(detail)
+        return writer.bytes
+    }
+
+    /// Decodes what `encode()` wrote; nil when `bytes` is not a system record.
+    public static func decode(_ bytes: [UInt8]) -> SystemRecord? {
+        guard bytes.first == formatVersion else { return nil }
+        var reader = ByteReader(bytes)
+        guard let _: UInt8 = try? reader.read(),
+              let kind = try? reader.readString(limit: reader.remaining),
+              let detail = try? reader.readString(limit: reader.remaining), reader.isAtEnd else { return nil }
+        return SystemRecord(kind: kind, detail: detail)
+    }
+}
+
 /// What one applied statement did: `sqlite3_changes64` (0 when the statement
 /// changed no rows, DDL included) and `sqlite3_last_insert_rowid` (reset to 0
 /// at the start of each entry, so it is identical on every replica).

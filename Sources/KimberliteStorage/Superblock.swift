@@ -44,6 +44,10 @@ public struct SuperblockState: Equatable, Sendable, Codable {
     /// segment starting after it was written after this superblock: the
     /// directory was restored from an older copy (see `Journal.setAsideSegments`).
     public var newestSegmentOp: OpNumber = 0
+    /// Set (to the newer epoch) once a member of a newer membership epoch
+    /// refused this node: it was left out (a force-leader elsewhere) and
+    /// serves and votes in nothing from then on; 0 while it is not.
+    public var supersededByEpoch: UInt64 = 0
 
     public init(clusterName: String, nodeID: NodeID, view: ViewNumber = 0, logView: ViewNumber = 0,
                 commitNumber: OpNumber = 0, epoch: UInt64 = 0, members: [NodeID]) {
@@ -207,12 +211,14 @@ public final class Superblock {
         writer.writeBlob(state.members)
         writer.write(state.recoveryTarget)
         writer.write(UInt8((state.formed ? 1 : 0) | (state.logStarted ? 2 : 0) | (state.recovering ? 4 : 0)
-                           | (state.divergence != nil ? 8 : 0) | (state.newestSegmentOp > 0 ? 16 : 0)))
+                           | (state.divergence != nil ? 8 : 0) | (state.newestSegmentOp > 0 ? 16 : 0)
+                           | (state.supersededByEpoch > 0 ? 32 : 0)))
         if let divergence = state.divergence {
             writer.write(divergence.op)
             writer.write(divergence.peer)
         }
         if state.newestSegmentOp > 0 { writer.write(state.newestSegmentOp) }
+        if state.supersededByEpoch > 0 { writer.write(state.supersededByEpoch) }
         return writer.bytes
     }
 
@@ -266,12 +272,13 @@ public final class Superblock {
                 members: try body.readBlob(limit: 256))
             state.recoveryTarget = try body.read()
             let flags: UInt8 = try body.read()
-            guard flags & ~31 == 0 else { slot.problem = "unknown flags \(flags)"; return slot }
+            guard flags & ~63 == 0 else { slot.problem = "unknown flags \(flags)"; return slot }
             state.formed = flags & 1 != 0
             state.logStarted = flags & 2 != 0
             state.recovering = flags & 4 != 0
             if flags & 8 != 0 { state.divergence = Divergence(op: try body.read(), peer: try body.read()) }
             if flags & 16 != 0 { state.newestSegmentOp = try body.read() }
+            if flags & 32 != 0 { state.supersededByEpoch = try body.read() }
             guard body.isAtEnd else { slot.problem = "trailing bytes in state"; return slot }
             slot.state = state
         } catch {

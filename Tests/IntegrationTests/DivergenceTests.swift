@@ -131,7 +131,7 @@ import Testing
         // Posing as the leader, on the target's cluster port.
         let peer = try RawPeer(port: cluster.nodes[target - 1].clusterPort)
         peer.send(.hello(.init(clusterName: cluster.clusterName, nodeID: NodeID(leader), clientAddress: "127.0.0.1:1",
-                               metricsAddress: "127.0.0.1:1", version: "test")))
+                               metricsAddress: "127.0.0.1:1", version: "test", epoch: 0)))
         // A commit beyond the op it reports.
         peer.send(.vsr(.commit(view: view, commit: op + 1_000_000, commitChecksum: .zero, op: op + 5, sequence: 1)))
         // A view change claim whose suffix does not end where it says.

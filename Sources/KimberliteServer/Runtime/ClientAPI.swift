@@ -133,6 +133,9 @@ final class ClientAPI: @unchecked Sendable {
         if let divergence = snapshot.divergence {
             return divergedError(divergence, serving: "writes; not accepted")
         }
+        if snapshot.superseded != nil, let reason = snapshot.statusReason {
+            return APIError.noLeader(reason + " (not accepted)").response
+        }
         guard snapshot.isPrimary else {
             if !forwarded, let leader = snapshot.leader {
                 return await forwarder.forward(kind: .execute, body: body, to: leader, timeout: limits.requestTimeout)
@@ -231,6 +234,9 @@ final class ClientAPI: @unchecked Sendable {
             request = try JSONDecoder().decode(QueryRequest.self, from: Data(body))
         } catch {
             return self.error(.invalidRequest, "malformed query request: \(Self.describe(error))")
+        }
+        if driver.snapshot.superseded != nil, let reason = driver.snapshot.statusReason {
+            return APIError.noLeader(reason).response
         }
         switch request.consistency ?? "strong" {
         case "stale":

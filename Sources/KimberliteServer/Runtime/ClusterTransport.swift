@@ -51,6 +51,18 @@ final class ClusterTransport: @unchecked Sendable {
     private var serverChannel: Channel?
     /// Called (on an event loop) when the outbound connection to a peer closes.
     var onPeerLost: (@Sendable (NodeID) -> Void)?
+    /// This node's membership epoch.
+    let epoch: UInt64
+    /// Called (on an event loop) when a peer shows a newer epoch: this node
+    /// was left out of the membership (a force-leader elsewhere). Set before `start()`.
+    var onSuperseded: (@Sendable (_ newerEpoch: UInt64, _ peer: NodeID) -> Void)?
+    /// Set once superseded: no VSR message goes out or comes in any more, so
+    /// this node never votes with, or acknowledges for, an old membership.
+    private let vsrSilenced = NIOLockedValueBox(false)
+
+    /// Stops all VSR traffic of this node (it was superseded).
+    func silenceConsensus() { vsrSilenced.withLockedValue { $0 = true } }
+    var isConsensusSilenced: Bool { vsrSilenced.withLockedValue { $0 } }
 
     private struct TransportState {
         var outbound: [NodeID: Channel] = [:]
@@ -62,7 +74,7 @@ final class ClusterTransport: @unchecked Sendable {
         var rejectionLogged: [NodeID: String] = [:]
     }
 
-    init(selfID: NodeID, clusterName: String, members: [ClusterMember], listenHost: String, listenPort: Int,
+    init(selfID: NodeID, clusterName: String, epoch: UInt64, members: [ClusterMember], listenHost: String, listenPort: Int,
          clientAddress: String, metricsAddress: String, version: String, group: EventLoopGroup, logger: Logger,
          isLeader: @escaping @Sendable () -> Bool, receive: @escaping Receive) {
         self.selfID = selfID
@@ -70,8 +82,9 @@ final class ClusterTransport: @unchecked Sendable {
         self.members = members
         self.listenHost = listenHost
         self.listenPort = listenPort
+        self.epoch = epoch
         self.hello = .init(clusterName: clusterName, nodeID: selfID, clientAddress: clientAddress,
-                           metricsAddress: metricsAddress, version: version)
+                           metricsAddress: metricsAddress, version: version, epoch: epoch)
         self.group = group
         self.logger = logger
         self.receive = receive
@@ -109,6 +122,7 @@ final class ClusterTransport: @unchecked Sendable {
     /// - Returns: false when there is no connection (the frame is dropped).
     @discardableResult
     func send(_ envelope: Envelope, to node: NodeID) -> Bool {
+        if case .vsr = envelope, isConsensusSilenced { return false }
         let channel = state.withLockedValue { $0.outbound[node] }
         guard let channel else {
             connect(to: node)
@@ -193,7 +207,8 @@ final class ClusterTransport: @unchecked Sendable {
         onPeerLost?(node)
     }
 
-    fileprivate func rejected(by node: NodeID, reason: String, isLeader: Bool) {
+    fileprivate func rejected(by node: NodeID, reason: String, isLeader: Bool, epoch peerEpoch: UInt64) {
+        if peerEpoch > epoch { onSuperseded?(peerEpoch, node) }
         let first = state.withLockedValue { state -> Bool in
             defer { state.rejectionLogged[node] = reason }
             return state.rejectionLogged[node] != reason
@@ -207,6 +222,14 @@ final class ClusterTransport: @unchecked Sendable {
     fileprivate func check(_ hello: Envelope.Hello) -> String? {
         if hello.clusterName != clusterName {
             return "cluster name mismatch: node \(hello.nodeID) is in cluster \"\(hello.clusterName)\", this node (\(selfID)) is in \"\(clusterName)\""
+        }
+        if hello.epoch < epoch {
+            return "epoch \(hello.epoch) is older than the cluster's epoch \(epoch)"
+        }
+        if hello.epoch > epoch {
+            // This node is the old one: it stops serving (see `onSuperseded`).
+            onSuperseded?(hello.epoch, hello.nodeID)
+            return "epoch \(epoch) is older than the cluster's epoch \(hello.epoch)"
         }
         if hello.nodeID == selfID {
             return "node id \(hello.nodeID) is already in use by this node"
@@ -264,6 +287,8 @@ final class ClusterTransport: @unchecked Sendable {
                 let previous = state.peers[node]?.clockOffsetSeconds
                 state.peers[node, default: PeerView()].clockOffsetSeconds = previous.map { 0.8 * $0 + 0.2 * offset } ?? offset
             }
+        case .vsr where isConsensusSilenced:
+            return
         default:
             receive(envelope, node)
         }
@@ -276,7 +301,7 @@ final class ClusterTransport: @unchecked Sendable {
     }
 
     fileprivate func makeReject(_ reason: String) -> Envelope {
-        .helloReject(reason: reason, rejecterID: selfID, rejecterIsLeader: isLeader())
+        .helloReject(reason: reason, rejecterID: selfID, rejecterIsLeader: isLeader(), epoch: epoch)
     }
 
     fileprivate var log: Logger { logger }
@@ -327,8 +352,8 @@ private final class OutboundHandler: ChannelInboundHandler, @unchecked Sendable 
     init(transport: ClusterTransport, peer: NodeID) { self.transport = transport; self.peer = peer }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .helloReject(let reason, _, let isLeader) = unwrapInboundIn(data) {
-            transport.rejected(by: peer, reason: reason, isLeader: isLeader)
+        if case .helloReject(let reason, _, let isLeader, let epoch) = unwrapInboundIn(data) {
+            transport.rejected(by: peer, reason: reason, isLeader: isLeader, epoch: epoch)
             context.close(promise: nil)
         }
     }

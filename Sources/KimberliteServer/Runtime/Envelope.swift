@@ -7,8 +7,9 @@ import NIOCore
 enum Envelope: Sendable, Equatable {
     /// First frame on every connection: who is calling and from which cluster.
     case hello(Hello)
-    /// The receiver refuses the connection; `reason` says why.
-    case helloReject(reason: String, rejecterID: NodeID, rejecterIsLeader: Bool)
+    /// The receiver refuses the connection; `reason` says why. `epoch` is the
+    /// rejecter's membership epoch (a newer one tells the dialler it was superseded).
+    case helloReject(reason: String, rejecterID: NodeID, rejecterIsLeader: Bool, epoch: UInt64)
     case vsr(Message)
     /// `sentAt` is the sender's wall clock, nanoseconds since the Unix epoch.
     case ping(sentAt: Int64)
@@ -25,6 +26,9 @@ enum Envelope: Sendable, Equatable {
         var clientAddress: String
         var metricsAddress: String
         var version: String
+        /// The sender's membership epoch (DESIGN.md §2b): a node of an older
+        /// epoch is refused, and one that meets a newer epoch stops serving.
+        var epoch: UInt64
     }
 
     /// Largest frame accepted (bytes); a bigger length prefix closes the connection.
@@ -37,9 +41,9 @@ enum Envelope: Sendable, Equatable {
             writer.write(UInt8(1))
             writer.writeString(hello.clusterName); writer.write(hello.nodeID)
             writer.writeString(hello.clientAddress); writer.writeString(hello.metricsAddress)
-            writer.writeString(hello.version)
-        case .helloReject(let reason, let rejecterID, let isLeader):
-            writer.write(UInt8(2)); writer.writeString(reason); writer.write(rejecterID); writer.write(isLeader)
+            writer.writeString(hello.version); writer.write(hello.epoch)
+        case .helloReject(let reason, let rejecterID, let isLeader, let epoch):
+            writer.write(UInt8(2)); writer.writeString(reason); writer.write(rejecterID); writer.write(isLeader); writer.write(epoch)
         case .vsr(let message):
             writer.write(UInt8(3)); message.encode(into: &writer)
         case .ping(let sentAt):
@@ -62,8 +66,9 @@ enum Envelope: Sendable, Equatable {
         case 1:
             envelope = .hello(Hello(clusterName: try reader.readString(), nodeID: try reader.read(),
                                     clientAddress: try reader.readString(), metricsAddress: try reader.readString(),
-                                    version: try reader.readString()))
-        case 2: envelope = .helloReject(reason: try reader.readString(), rejecterID: try reader.read(), rejecterIsLeader: try reader.readBool())
+                                    version: try reader.readString(), epoch: try reader.read()))
+        case 2: envelope = .helloReject(reason: try reader.readString(), rejecterID: try reader.read(), rejecterIsLeader: try reader.readBool(),
+                                        epoch: try reader.read())
         case 3: envelope = .vsr(try Message.decode(from: &reader))
         case 4: envelope = .ping(sentAt: try reader.read())
         case 5: envelope = .pong(echo: try reader.read(), responderTime: try reader.read())

@@ -50,15 +50,33 @@ public final class KimberliteNode: @unchecked Sendable {
         }
         self.logger = logger
         let selfID = config.server.nodeID
+        let configured: [ClusterMember]
         if config.server.clusterPeers.isEmpty {
-            members = [ClusterMember(nodeID: selfID, host: config.server.clusterAddress.host, port: config.server.clusterAddress.port)]
+            configured = [ClusterMember(nodeID: selfID, host: config.server.clusterAddress.host, port: config.server.clusterAddress.port)]
         } else {
-            members = config.server.clusterPeers.map { ClusterMember(nodeID: $0.nodeID, host: $0.host, port: $0.port) }
+            configured = config.server.clusterPeers.map { ClusterMember(nodeID: $0.nodeID, host: $0.host, port: $0.port) }
                 .sorted { $0.nodeID < $1.nodeID }
         }
-        metrics = NodeMetrics(peers: members.map(\.nodeID).filter { $0 != selfID })
+        // Metrics first: the storage layers create theirs as they open.
+        // Peers are the configured ones (a member left out reads 0).
+        metrics = NodeMetrics(peers: configured.map(\.nodeID).filter { $0 != selfID })
+        let storage = try NodeStorage.open(config: config, members: configured.map(\.nodeID), logger: logger, layer: layer)
+        // After the first start the membership is the superblock's, never the
+        // flags' (DESIGN.md §2b); the peer list only gives the addresses.
+        let memberIDs = storage.durable.record.members
+        members = try memberIDs.map { id in
+            if let member = configured.first(where: { $0.nodeID == id }) { return member }
+            if id == selfID {
+                return ClusterMember(nodeID: selfID, host: config.server.clusterAddress.host, port: config.server.clusterAddress.port)
+            }
+            throw NodeStartError.memberWithoutAddress(nodeID: id, members: memberIDs)
+        }
+        if memberIDs != configured.map(\.nodeID) {
+            logger.notice("membership comes from the superblock, not from cluster_peers",
+                          metadata: ["members": "\(memberIDs)", "cluster_peers": "\(configured.map(\.nodeID))",
+                                     "epoch": "\(storage.durable.record.epoch)"])
+        }
 
-        let storage = try NodeStorage.open(config: config, members: members.map(\.nodeID), logger: logger, layer: layer)
         dataDirectory = storage.dataDirectory
         journal = storage.journal
         projection = storage.projection
@@ -89,7 +107,7 @@ public final class KimberliteNode: @unchecked Sendable {
         let driverBox = DriverBox()
         let api = self.api
         transport = ClusterTransport(
-            selfID: selfID, clusterName: config.server.clusterName, members: members,
+            selfID: selfID, clusterName: config.server.clusterName, epoch: durable.record.epoch, members: members,
             listenHost: config.server.clusterAddress.host, listenPort: config.server.clusterAddress.port,
             clientAddress: ClusterTransport.resolveWildcard("\(config.server.bindAddress)", host: selfMember.host),
             metricsAddress: ClusterTransport.resolveWildcard("\(config.telemetry.metricsAddress)", host: selfMember.host),
@@ -119,6 +137,16 @@ public final class KimberliteNode: @unchecked Sendable {
                                transport: transport, registry: registry, applier: applier, appliedOp: appliedOp,
                                logger: layer("vsr"), metrics: metrics)
         driverBox.driver = driver
+        let transport = self.transport
+        transport.onSuperseded = { newerEpoch, peer in
+            // Silence first: from now on this node neither votes nor acknowledges.
+            transport.silenceConsensus()
+            driverBox.driver?.markSuperseded(newerEpoch: newerEpoch, by: peer)
+        }
+        if storage.superblockState.supersededByEpoch > 0 {
+            transport.silenceConsensus()
+            logger.error("\(supersededReason(epoch: durable.record.epoch, newer: storage.superblockState.supersededByEpoch))")
+        }
         let systemd = self.systemd
         driver.afterBatch = { systemd.watchdogIfDue() }
         api.driver = driver
@@ -137,6 +165,14 @@ public final class KimberliteNode: @unchecked Sendable {
     public func run() async throws {
         try await transport.start()
         checkpointer.checkAllInBackground()
+        var audit: Task<Void, Never>?
+        if let record = ForceLeader.pendingRecord(dataDir: config.storage.dataDir) {
+            logger.warning("force-leader: this node alone forms cluster \"\(record.clusterName)\" at epoch \(record.newEpoch) (members \(record.oldMembers) at epoch \(record.oldEpoch) before); acknowledged writes held only by the other members are lost; members of the old epoch are refused",
+                           metadata: ["by": "\(record.by)", "at_ms": "\(record.atMs)", "op": "\(record.op)"])
+            let task = ForceLeaderAudit(record: record, dataDir: config.storage.dataDir, registry: registry, driver: driver, logger: logger)
+            audit = Task { await task.run() }
+        }
+        defer { audit?.cancel() }
         applier.start()
         driver.start()
         startTimer()
@@ -207,10 +243,14 @@ public final class KimberliteNode: @unchecked Sendable {
 /// Why the node refused to start.
 public enum NodeStartError: Error, CustomStringConvertible {
     case foreignDataDirectory(path: String, detail: String)
+    /// A member recorded in the superblock has no `id=host:port` entry in `cluster_peers`.
+    case memberWithoutAddress(nodeID: NodeID, members: [NodeID])
 
     public var description: String {
         switch self {
         case .foreignDataDirectory(let path, let detail): return "data directory \(path) belongs to another node: \(detail)"
+        case .memberWithoutAddress(let id, let members):
+            return "member \(id) of this node's membership (\(members.map(String.init).joined(separator: ", ")), from its superblock) has no address: add \"\(id)=host:port\" to cluster_peers"
         }
     }
 }

@@ -28,9 +28,9 @@ extension KimberliteNode {
         let applied = projection.appliedOp
         return StatusReport(
             nodeID: config.server.nodeID, clusterName: config.server.clusterName, version: Self.version,
-            status: snapshot.status.rawValue, view: snapshot.view, opNumber: snapshot.op, commitNumber: snapshot.commit,
+            status: snapshot.superseded != nil ? ReplicaStatus.recovering.rawValue : snapshot.status.rawValue, view: snapshot.view, opNumber: snapshot.op, commitNumber: snapshot.commit,
             commitChecksum: snapshot.commitChecksum?.description,
-            isLeader: snapshot.isPrimary, leaderID: snapshot.leader ?? 0, clusterSize: members.count,
+            isLeader: snapshot.superseded == nil && snapshot.isPrimary, leaderID: snapshot.superseded == nil ? snapshot.leader ?? 0 : 0, clusterSize: members.count,
             healthyReplicas: healthy, clusterMembers: memberReports,
             projection: .init(appliedOp: applied, lag: snapshot.commit > applied ? snapshot.commit - applied : 0),
             clockOffsetMs: clockOffsetMs(snapshot), statusReason: snapshot.statusReason)

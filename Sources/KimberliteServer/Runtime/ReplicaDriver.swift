@@ -21,9 +21,12 @@ struct ReplicaSnapshot: Sendable {
     var diskFull: String? = nil
     /// Set in `diverged` status.
     var divergence: Divergence? = nil
+    /// Set once a member of a newer epoch refused this node: (its epoch, the newer one).
+    var superseded: (epoch: UInt64, newer: UInt64)? = nil
 
     /// Why this node is not taking part as usual, for `/status`; nil when nothing is wrong.
     var statusReason: String? {
+        if let superseded { return supersededReason(epoch: superseded.epoch, newer: superseded.newer) }
         if let divergence {
             let at = divergence.peer == 0 ? "" : " at op \(divergence.op) (shown by node \(divergence.peer))"
             return "diverged: this node's committed log contradicts the cluster's\(at); it serves nothing until its data directory "
@@ -31,6 +34,12 @@ struct ReplicaSnapshot: Sendable {
         }
         return diskFull
     }
+}
+
+/// What a node left out of the membership says, the same in logs, `/status` and errors.
+func supersededReason(epoch: UInt64, newer: UInt64) -> String {
+    "Rejected by leader: epoch \(epoch) is older than the cluster's epoch \(newer); this node was left out of the "
+        + "membership (force-leader) and serves and votes in nothing. Wipe its data directory and join again"
 }
 
 extension Divergence {
@@ -124,6 +133,18 @@ final class ReplicaDriver: @unchecked Sendable {
     }
 
     func submit(_ input: DriverInput) { queue.push([input]) }
+
+    /// Records, durably, that a member of `newerEpoch` refused this node
+    /// (DESIGN.md §2b "Force leader"); the transport is already silenced.
+    func markSuperseded(newerEpoch: UInt64, by peer: NodeID) {
+        submit(.inspect { [unowned self] _, _ in
+            guard superblockState.supersededByEpoch < newerEpoch else { return }
+            superblockState.supersededByEpoch = newerEpoch
+            writeSuperblock()
+            logger.error("\(supersededReason(epoch: superblockState.epoch, newer: newerEpoch))", metadata: ["peer": "\(peer)"])
+            publish()
+        })
+    }
 
     /// Runs `body` on the driver thread with the journal and the durable record, and returns its result.
     func inspect<T: Sendable>(_ body: @escaping @Sendable (Journal, DurableRecord) throws -> T) async throws -> T {
@@ -281,7 +302,9 @@ final class ReplicaDriver: @unchecked Sendable {
                                            "disk full: the journal in \(journal.directory) cannot grow (appends refused since \(since.ISO8601Format())); "
                                                + "this node counts as down and catches up by itself once space is freed (or compaction frees it)"
                                        },
-                                       divergence: replica.divergence)
+                                       divergence: replica.divergence,
+                                       superseded: superblockState.supersededByEpoch > 0
+                                           ? (superblockState.epoch, superblockState.supersededByEpoch) : nil)
         published.withLockedValue { $0 = snapshot }
         if lastLeader == nil || lastLeader! != snapshot.leader {
             if snapshot.leader == nil {

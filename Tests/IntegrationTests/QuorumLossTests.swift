@@ -1,0 +1,87 @@
+import Foundation
+import Testing
+
+/// The guide's "Recovering from Quorum Loss", steps 1-2, on real processes:
+/// two of three nodes lost for good, `kimberlite-admin force-leader` on the
+/// survivor, which keeps every acknowledged row; the old members, started
+/// again with their old data, are refused and serve nothing.
+@Suite(.serialized) struct QuorumLossTests {
+    static func forceLeader(_ cluster: Cluster, node id: Int, nodeID: Int? = nil) async throws -> Cluster.Outcome {
+        try await Cluster.run(Cluster.adminBinary, ["force-leader", "--node-id", "\(nodeID ?? id)", "--data-dir", cluster.nodes[id - 1].dataDir])
+    }
+
+    @Test func forceLeaderOnTheSurvivorKeepsEveryAcknowledgedRowAndTheOldMembersAreRefused() async throws {
+        let cluster = try await ErrorOutcomeTests.clusterWithTable()
+        defer { cluster.shutdown() }
+        let leader = try await cluster.waitForLeader()
+        let survivor = [1, 2, 3].first { $0 != leader }!
+        let lost = [1, 2, 3].filter { $0 != survivor }
+        for n in 1...20 {
+            let reply = try await cluster.executeWithRetry(ErrorOutcomeTests.insert("row-\(n)"), clientID: "w", requestNumber: n)
+            #expect(reply.status == 200, "\(reply.text)")
+        }
+        try await cluster.waitUntil("the survivor applied all 20 rows") { try await cluster.count("fate", on: survivor) == 20 }
+        for id in lost { cluster.kill9(id) }
+
+        // Bad input first: a running node's directory is locked (75), and nothing changes.
+        let locked = try await Self.forceLeader(cluster, node: survivor)
+        #expect(locked.exited && locked.status == 75 && locked.stderr.contains("locked"), "\(locked)")
+        let stopped = try await cluster.stop(survivor)
+        #expect(stopped.exited && stopped.status == 0, "\(stopped)")
+        let wrongID = try await Self.forceLeader(cluster, node: survivor, nodeID: 9)
+        #expect(wrongID.exited && wrongID.status == 1 && wrongID.stderr.contains("does not match"), "\(wrongID)")
+        let unchanged = try await CorruptionTests.verify(cluster.nodes[survivor - 1].dataDir)
+        #expect(unchanged.stdout.contains("epoch 0)"), "force-leader with a wrong id changed the superblock: \(unchanged.stdout)")
+
+        // Step 2 of the guide.
+        let forced = try await Self.forceLeader(cluster, node: survivor)
+        #expect(forced.exited && forced.status == 0, "\(forced)")
+        #expect(forced.stderr.contains("WARNING: FORCE LEADER") && forced.stderr.contains("are LOST"), "no loud warning: \(forced.stderr)")
+        try cluster.restart(survivor)  // the very flags it was first started with (all three peers)
+        _ = try await cluster.waitForLeader(among: [survivor])
+        let status = try #require(await cluster.status(survivor))
+        #expect(status["cluster_size"] as? Int == 1 && status["leader_id"] as? Int == survivor, "\(status)")
+        #expect(try await cluster.count("fate", on: survivor, consistency: "strong") == 20, "an acknowledged row was lost")
+        let write = try await cluster.executeWithRetry(ErrorOutcomeTests.insert("after-force"), clientID: "after", requestNumber: 1)
+        #expect(write.status == 200, "\(write.text)")
+
+        // The audit trail: a force_leader entry saying who and which membership it replaced.
+        try await cluster.waitUntil("the force_leader entry is in the log") {
+            let audit = try await cluster.query(on: survivor, "SELECT kind, detail FROM _kmb_audit", consistency: "strong")
+            guard let row = (audit.body["rows"] as? [[Any]])?.first else { return false }
+            let detail = row[1] as? String ?? ""
+            return row[0] as? String == "force_leader" && detail.contains("\"oldMembers\":[1,2,3]") && detail.contains("\"newEpoch\":1")
+        }
+
+        // The old members come back with their old data: refused, serving nothing.
+        for id in lost { try cluster.restart(id) }
+        for id in lost {
+            try await cluster.waitUntil("old member \(id) learns it was left out") {
+                cluster.log(of: id).contains("Rejected by leader: epoch 0 is older than the cluster's epoch 1")
+            }
+        }
+        #expect(cluster.log(of: survivor).contains("epoch 0 is older than the cluster's epoch 1"), "the leader does not log the refusal")
+        let watchUntil = ContinuousClock.now + .seconds(3)
+        while ContinuousClock.now < watchUntil {
+            for id in lost {
+                let reply = try await cluster.execute(on: id, ErrorOutcomeTests.insert("old-member-\(id)"))
+                #expect(reply.status == 503, "old member \(id) answered a write with \(reply.status): \(reply.text)")
+                if let status = await cluster.status(id) {
+                    #expect(status["status"] as? String == "recovering" && status["leader_id"] as? Int == 0, "\(status)")
+                    #expect((status["status_reason"] as? String ?? "").contains("Rejected by leader"), "\(status)")
+                }
+            }
+            try await Task.sleep(for: .milliseconds(250))  // poll interval of the watch
+        }
+        let read = try await cluster.query(on: lost[0], "SELECT count(*) FROM fate", consistency: "stale")
+        #expect(read.status == 503, "an old member served a read: \(read.text)")
+        // It stays refused across a restart, before it hears from anyone.
+        _ = try await cluster.stop(lost[0])
+        try cluster.restart(lost[0])
+        try await cluster.waitUntil("the restarted old member reports itself left out") {
+            guard let status = await cluster.status(lost[0]) else { return false }
+            return (status["status_reason"] as? String ?? "").contains("Rejected by leader")
+        }
+        #expect(try await cluster.count("fate", on: survivor, consistency: "strong") == 21)
+    }
+}

@@ -13,7 +13,7 @@ struct KimberliteAdmin: AsyncParsableCommand {
         commandName: "kimberlite-admin",
         abstract: "Operate a Kimberlite cluster.",
         version: "kimberlite-admin \(KimberliteNode.version)",
-        subcommands: [Status.self, Verify.self, Health.self, BackupCommand.self, RestoreCommand.self, ForceLeaderCommand.self])
+        subcommands: [Status.self, Verify.self, Health.self, BackupCommand.self, RestoreCommand.self, ForceLeaderCommand.self, Members.self])
 }
 
 /// `kimberlite-admin status --server HOST:9090`: every member in one table.
@@ -64,10 +64,7 @@ struct Status: AsyncParsableCommand {
                                  member.lastSeenMs.map(String.init) ?? "-", member.clusterAddress])
                 }
             }
-            let widths = header.indices.map { column in rows.map { $0[column].count }.max()! }
-            for row in rows {
-                print(row.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  "))
-            }
+            printTable(rows)
         }
         let problems = Self.disagreements(reports.compactMap(\.1))
         for line in problems { FileHandle.standardError.write(Data("kimberlite-admin: status: \(line)\n".utf8)) }
@@ -94,12 +91,64 @@ struct Status: AsyncParsableCommand {
         return lines
     }
 
-    private func fetchStatus(_ client: HTTPClient, _ address: String, _ timeout: TimeAmount) async -> StatusReport? {
-        var request = HTTPClientRequest(url: "http://\(address)/status")
-        request.method = .GET
-        guard let response = try? await client.execute(request, timeout: timeout), response.status == .ok,
-              let body = try? await response.body.collect(upTo: 4 << 20) else { return nil }
-        return try? JSONDecoder().decode(StatusReport.self, from: Data(buffer: body))
+}
+
+/// A node's `/status`, or nil when it cannot be reached or answers something else.
+func fetchStatus(_ client: HTTPClient, _ address: String, _ timeout: TimeAmount) async -> StatusReport? {
+    var request = HTTPClientRequest(url: "http://\(address)/status")
+    request.method = .GET
+    guard let response = try? await client.execute(request, timeout: timeout), response.status == .ok,
+          let body = try? await response.body.collect(upTo: 4 << 20) else { return nil }
+    return try? JSONDecoder().decode(StatusReport.self, from: Data(buffer: body))
+}
+
+/// Prints rows as left-aligned columns; the first row is the header.
+func printTable(_ rows: [[String]]) {
+    guard let header = rows.first else { return }
+    let widths = header.indices.map { column in rows.map { $0[column].count }.max()! }
+    for row in rows {
+        print(row.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  "))
+    }
+}
+
+/// `kimberlite-admin members list --server HOST:9090`: the current epoch's
+/// membership as one node sees it. (`members remove` needs membership
+/// changes, which are not built yet.)
+struct Members: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the cluster's membership.", subcommands: [List.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the members of the current epoch, found through one node.")
+
+        @Option(help: "A node's metrics address, host:port.")
+        var server = "127.0.0.1:9090"
+        @Flag(help: "Print JSON: epoch, leader and members.")
+        var json = false
+
+        func run() async throws {
+            guard let status = await fetchStatus(HTTPClient.shared, server, .seconds(3)) else {
+                fail("members list: cannot reach \(server)/status")
+            }
+            if json {
+                struct Listing: Encodable {
+                    var clusterName: String, epoch: UInt64?, leaderID: UInt8, members: [StatusReport.Member]
+                    enum CodingKeys: String, CodingKey { case clusterName = "cluster_name", epoch, leaderID = "leader_id", members }
+                }
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+                let listing = Listing(clusterName: status.clusterName, epoch: status.epoch, leaderID: status.leaderID, members: status.clusterMembers)
+                print(String(decoding: try encoder.encode(listing), as: UTF8.self))
+                return
+            }
+            print("cluster \"\(status.clusterName)\" epoch \(status.epoch.map(String.init) ?? "?"): \(status.clusterSize) members, seen from node \(status.nodeID)")
+            var rows = [["NODE", "ROLE", "STATE", "LAST_SEEN_MS", "CLUSTER_ADDRESS", "CLIENT_ADDRESS", "METRICS_ADDRESS"]]
+            for member in status.clusterMembers {
+                rows.append(["\(member.nodeID)", member.nodeID == status.leaderID ? "leader" : "follower", member.state,
+                             member.lastSeenMs.map(String.init) ?? "-", member.clusterAddress, member.clientAddress ?? "-",
+                             member.metricsAddress ?? "-"])
+            }
+            printTable(rows)
+        }
     }
 }
 

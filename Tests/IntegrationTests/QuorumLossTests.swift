@@ -42,6 +42,11 @@ import Testing
         let status = try #require(await cluster.status(survivor))
         #expect(status["cluster_size"] as? Int == 1 && status["leader_id"] as? Int == survivor, "\(status)")
         #expect(try await cluster.count("fate", on: survivor, consistency: "strong") == 20, "an acknowledged row was lost")
+        let listed = try await Cluster.run(Cluster.adminBinary, ["members", "list", "--server", "127.0.0.1:\(cluster.nodes[survivor - 1].metricsPort)"])
+        #expect(listed.exited && listed.status == 0, "\(listed)")
+        let rows = listed.stdout.split(separator: "\n").dropFirst(2).map { $0.split(separator: " ") }
+        #expect(listed.stdout.contains("epoch 1: 1 members") && rows.count == 1 && rows.first?.prefix(2) == ["\(survivor)", "leader"],
+                "\(listed.stdout)")
         let write = try await cluster.executeWithRetry(ErrorOutcomeTests.insert("after-force"), clientID: "after", requestNumber: 1)
         #expect(write.status == 200, "\(write.text)")
 

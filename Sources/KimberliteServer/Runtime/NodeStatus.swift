@@ -33,7 +33,7 @@ extension KimberliteNode {
             isLeader: snapshot.superseded == nil && snapshot.isPrimary, leaderID: snapshot.superseded == nil ? snapshot.leader ?? 0 : 0, clusterSize: members.count,
             healthyReplicas: healthy, clusterMembers: memberReports,
             projection: .init(appliedOp: applied, lag: snapshot.commit > applied ? snapshot.commit - applied : 0),
-            clockOffsetMs: clockOffsetMs(snapshot), statusReason: snapshot.statusReason)
+            clockOffsetMs: clockOffsetMs(snapshot), statusReason: snapshot.statusReason, epoch: transport.epoch)
     }
 
     func updateGauges() {

@@ -58,12 +58,14 @@ public struct StatusReport: Codable, Sendable {
     /// Why this node is not taking part as usual (e.g. its disk is full), in
     /// words for the operator; null when nothing is wrong.
     public var statusReason: String? = nil
+    /// The membership epoch `cluster_size` and `cluster_members` belong to (DESIGN.md §2b).
+    public var epoch: UInt64? = nil
 
     enum CodingKeys: String, CodingKey {
         case nodeID = "node_id", clusterName = "cluster_name", version, status, view
         case opNumber = "op_number", commitNumber = "commit_number", commitChecksum = "commit_checksum", isLeader = "is_leader", leaderID = "leader_id"
         case clusterSize = "cluster_size", healthyReplicas = "healthy_replicas", clusterMembers = "cluster_members"
-        case projection, clockOffsetMs = "clock_offset_ms", statusReason = "status_reason"
+        case projection, clockOffsetMs = "clock_offset_ms", statusReason = "status_reason", epoch
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -84,5 +86,6 @@ public struct StatusReport: Codable, Sendable {
         try container.encode(projection, forKey: .projection)
         try container.encode(clockOffsetMs, forKey: .clockOffsetMs)
         try container.encode(statusReason, forKey: .statusReason)
+        try container.encode(epoch, forKey: .epoch)
     }
 }

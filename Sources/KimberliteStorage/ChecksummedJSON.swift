@@ -20,18 +20,7 @@ enum ChecksummedJSON {
         encoder.outputFormatting = [.sortedKeys]
         let body = Array(try! encoder.encode(value))
         let bytes = Array("\(magic) \(hex(SHA256.hash(data: body)))\n".utf8) + body
-        let temporary = path + ".tmp"
-        let fd = try FileIO.openFile(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
-        do {
-            defer { FileIO.closeFile(fd) }
-            try FileIO.write(fd, bytes, at: 0, path: temporary)
-            try FileIO.sync(fd, path: temporary)
-        } catch {
-            try? FileIO.remove(temporary)
-            throw error
-        }
-        try FileIO.rename(temporary, path)
-        try FileIO.syncDirectory(FileIO.parentDirectory(path))
+        try FileIO.writeReplacing(bytes, to: path)
     }
 
     /// Reads and checks a file written by `write`.

@@ -62,7 +62,7 @@ public enum ForceLeader {
         // The audit record first: a crash before the superblock write changes nothing.
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        try writeDurably(Array(try encoder.encode(record)), to: data.path + "/" + pendingRecordName)
+        try FileIO.writeReplacing(Array(try encoder.encode(record)), to: data.path + "/" + pendingRecordName)
         state.epoch += 1
         state.members = [nodeID]
         state.logView = state.view
@@ -84,20 +84,5 @@ public enum ForceLeader {
     public static func clearPendingRecord(dataDir: String) throws {
         try FileIO.remove(dataDir + "/" + pendingRecordName)
         try FileIO.syncDirectory(dataDir)
-    }
-
-    static func writeDurably(_ bytes: [UInt8], to path: String) throws {
-        let temporary = path + ".tmp"
-        let fd = try FileIO.openFile(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
-        do {
-            defer { FileIO.closeFile(fd) }
-            try FileIO.write(fd, bytes, at: 0, path: temporary)
-            try FileIO.sync(fd, path: temporary)
-        } catch {
-            try? FileIO.remove(temporary)
-            throw error
-        }
-        try FileIO.rename(temporary, path)
-        try FileIO.syncDirectory(FileIO.parentDirectory(path))
     }
 }

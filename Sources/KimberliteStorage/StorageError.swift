@@ -228,6 +228,25 @@ enum FileIO {
         }
     }
 
+    /// Replaces (or creates) `path` with `bytes` so a crash leaves the old
+    /// file or the new one, never a mix: temporary file, fsync, rename,
+    /// directory fsync.
+    /// - Throws: `StorageError` naming the file; the temporary file is removed.
+    static func writeReplacing(_ bytes: [UInt8], to path: String) throws {
+        let temporary = path + ".tmp"
+        let fd = try openFile(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
+        do {
+            defer { closeFile(fd) }
+            try write(fd, bytes, at: 0, path: temporary)
+            try sync(fd, path: temporary)
+        } catch {
+            try? remove(temporary)
+            throw error
+        }
+        try rename(temporary, path)
+        try syncDirectory(parentDirectory(path))
+    }
+
     static func rename(_ from: String, _ to: String) throws {
         if Glibc_rename(from, to) != 0 { throw failure("rename", "\(from) -> \(to)", errno: errno) }
     }

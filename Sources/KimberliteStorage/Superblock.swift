@@ -159,18 +159,7 @@ public final class Superblock {
         }
         let half = Superblock.slotSize * 2
         if FileIO.kind(path) == .missing {
-            let temporary = path + ".tmp"
-            let fd = try FileIO.openFile(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
-            do {
-                defer { FileIO.closeFile(fd) }
-                try FileIO.write(fd, image, at: 0, path: temporary)
-                try FileIO.sync(fd, path: temporary)
-            } catch {
-                try? FileIO.remove(temporary)
-                throw error
-            }
-            try FileIO.rename(temporary, path)
-            try FileIO.syncDirectory(FileIO.parentDirectory(path))
+            try FileIO.writeReplacing(image, to: path)
         } else {
             let fd = try FileIO.openFile(path, flags: O_RDWR)
             defer { FileIO.closeFile(fd) }

@@ -33,6 +33,41 @@ import Testing
         }
     }
 
+    /// A copy taken in many small steps while entries are applied is one
+    /// snapshot: exactly the state after its op, never a mix, never restarted.
+    @Test func aSteppedCopyDuringApplyIsOneSnapshot() throws {
+        try withProjection { projection, directory in
+            var log = LogBuilder()
+            var entries = [log.next("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")]
+            for n in 1...3000 { entries.append(log.next("INSERT INTO t(v) VALUES (?1)", [.text(String(repeating: "x", count: 200) + "\(n)")])) }
+            _ = try projection.apply(Array(entries[0..<1000]))
+            let rest = Array(entries[1000...])
+            let applier = Thread {
+                for start in stride(from: 0, to: rest.count, by: 50) {
+                    _ = try? projection.apply(Array(rest[start..<min(start + 50, rest.count)]))
+                }
+            }
+            applier.start()
+            let path = directory + "/stepped.sqlite"
+            let copied = try projection.writeConsistentCopy(to: path, pacing: .init(pagesPerStep: 4, pauseMs: 0))
+            while projection.appliedOp < 3001 { Thread.sleep(forTimeInterval: 0.01) }  // bounded: the applier applies 2,001 entries and ends
+            #expect(copied.op >= 1000 && copied.op <= 3001)
+            #expect(copied.anchor == entries[Int(copied.op) - 1].checksum)
+            // The same prefix applied afresh has the same contents.
+            let fresh = makeTemporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: fresh) }
+            let replay = try Projection(directory: fresh)
+            defer { replay.close() }
+            _ = try replay.apply(Array(entries[0..<Int(copied.op)]))
+            let restored = directory + "/restored"
+            try FileManager.default.createDirectory(atPath: restored, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: path, toPath: restored + "/projection.sqlite")
+            let reopened = try Projection(directory: restored)
+            defer { reopened.close() }
+            #expect(try reopened.contentDigest() == replay.contentDigest())
+        }
+    }
+
     @Test func aCopyOfAnEmptyProjectionIsAtOpZero() throws {
         try withProjection { projection, directory in
             let copied = try projection.writeConsistentCopy(to: directory + "/empty-copy.sqlite")

@@ -20,7 +20,7 @@ struct ForceLeaderAudit {
 
     /// Logs the audit entry once this node leads, retrying every second (bounded by the node's life).
     func run() async {
-        let detail = String(decoding: (try? JSONEncoder.sortedKeys.encode(record)) ?? Data(), as: UTF8.self)
+        let detail = String(decoding: (try? JSONEncoder.sorted.encode(record)) ?? Data(), as: UTF8.self)
         let payload = SystemRecord(kind: "force_leader", detail: detail).encode()
         while !Task.isCancelled {
             if driver.snapshot.isPrimary {
@@ -44,13 +44,5 @@ struct ForceLeaderAudit {
             }
             try? await Task.sleep(for: .seconds(1))  // retry interval while not leading
         }
-    }
-}
-
-extension JSONEncoder {
-    static var sortedKeys: JSONEncoder {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return encoder
     }
 }

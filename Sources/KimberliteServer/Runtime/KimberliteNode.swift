@@ -28,6 +28,8 @@ public final class KimberliteNode: @unchecked Sendable {
     let applier: ApplyEngine
     let checkpointer: Checkpointer
     let backups: BackupService
+    /// The superblock as start-up left it.
+    private let startupSuperblock: SuperblockState
     let api: ClientAPI
     private let group: MultiThreadedEventLoopGroup
     private var timer: DispatchSourceTimer?
@@ -78,6 +80,7 @@ public final class KimberliteNode: @unchecked Sendable {
         }
 
         dataDirectory = storage.dataDirectory
+        startupSuperblock = storage.superblockState
         journal = storage.journal
         projection = storage.projection
         let durable = storage.durable
@@ -166,7 +169,12 @@ public final class KimberliteNode: @unchecked Sendable {
         try await transport.start()
         checkpointer.checkAllInBackground()
         var audit: Task<Void, Never>?
-        if let record = ForceLeader.pendingRecord(dataDir: config.storage.dataDir) {
+        switch ForceLeader.pendingRecord(dataDir: config.storage.dataDir, matching: startupSuperblock) {
+        case .none:
+            break
+        case .setAside(let reason):
+            logger.warning("force-leader record not used: \(reason)")
+        case .record(let record):
             logger.warning("force-leader: this node alone forms cluster \"\(record.clusterName)\" at epoch \(record.newEpoch) (members \(record.oldMembers) at epoch \(record.oldEpoch) before); acknowledged writes held only by the other members are lost; members of the old epoch are refused",
                            metadata: ["by": "\(record.by)", "at_ms": "\(record.atMs)", "op": "\(record.op)"])
             let task = ForceLeaderAudit(record: record, dataDir: config.storage.dataDir, registry: registry, driver: driver, logger: logger)

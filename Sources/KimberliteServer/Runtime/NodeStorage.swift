@@ -81,8 +81,10 @@ struct NodeStorage {
             }
         }
         // One write for everything start-up decided, before the replica acts on it.
-        var superblockState = SuperblockState(clusterName: config.server.clusterName, nodeID: selfID, record: durable.record)
-        superblockState.newestSegmentOp = stored?.newestSegmentOp ?? 0
+        // Fields outside the replica's record (newest announced segment,
+        // superseded epoch) carry forward unchanged.
+        var superblockState = stored ?? SuperblockState(clusterName: config.server.clusterName, nodeID: selfID, record: durable.record)
+        superblockState.record = durable.record
         if superblockState != stored { try superblock.write(superblockState) }
         return NodeStorage(dataDirectory: dataDirectory, superblock: superblock, superblockState: superblockState,
                            journal: journal, projection: projection, checkpoints: checkpoints,

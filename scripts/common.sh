@@ -34,7 +34,8 @@ wait_for() {
 # Node N serves clients on LOOPBACK_BASE+(N-1)*100, peers on that port + 1
 # and operations on LOOPBACK_METRICS_BASE+N, with data in LOOPBACK_WORK/nodeN
 # and its log appended to LOOPBACK_WORK/nodeN.log. Set LOOPBACK_BIN,
-# LOOPBACK_WORK, LOOPBACK_BASE and LOOPBACK_METRICS_BASE first.
+# LOOPBACK_WORK, LOOPBACK_BASE and LOOPBACK_METRICS_BASE first; set
+# LOOPBACK_CONFIG to a config file for keys with no environment variable.
 loopback_client_port() { echo $(( LOOPBACK_BASE + ($1 - 1) * 100 )); }
 
 # Starts node N with extra KEY=VALUE environment settings; leaves its pid in
@@ -45,7 +46,7 @@ loopback_node_start() {
     local peers="1=127.0.0.1:$((LOOPBACK_BASE + 1)),2=127.0.0.1:$((LOOPBACK_BASE + 101)),3=127.0.0.1:$((LOOPBACK_BASE + 201))"
     env KMB_CLUSTER_PEERS="$peers" KMB_BIND_ADDRESS="127.0.0.1:$port" KMB_CLUSTER_ADDRESS="127.0.0.1:$((port + 1))" \
         KMB_METRICS_ADDRESS="127.0.0.1:$((LOOPBACK_METRICS_BASE + n))" KMB_DATA_DIR="$LOOPBACK_WORK/node$n" "$@" \
-        "$LOOPBACK_BIN" --node-id "$n" >>"$LOOPBACK_WORK/node$n.log" 2>&1 &
+        "$LOOPBACK_BIN" --node-id "$n" ${LOOPBACK_CONFIG:+--config "$LOOPBACK_CONFIG"} >>"$LOOPBACK_WORK/node$n.log" 2>&1 &
     LOOPBACK_PID=$!
     disown "$LOOPBACK_PID"
 }

@@ -57,6 +57,9 @@ struct BackupCommand: AsyncParsableCommand {
             try store.writeManifest(plan.checkpoint)
             var segments: [BackupFile] = []
             for segment in plan.segments {
+                guard segment.name.hasSuffix(".kmb"), segment.name.count == 24, !segment.name.contains("/") else {
+                    throw BackupFailure("the node named a log file \"\(segment.name)\" that is not a segment file name")
+                }
                 let digest = try await download(client, "/backup/\(plan.backupID)/log/\(segment.name)", to: output + "/log/" + segment.name,
                                                 bytes: segment.bytes, progress: &progress)
                 segments.append(BackupFile(path: "log/" + segment.name, bytes: segment.bytes, sha256: digest.sha256))
@@ -146,20 +149,25 @@ struct RestoreCommand: ParsableCommand {
     func run() throws {
         do {
             let manifest = try Backup.restore(from: from, into: dataDir, nodeID: nodeID, newCluster: newCluster, clusterName: clusterName)
-            let next = newCluster
+            let next = newCluster || manifest.members.count == 1
                 ? "start every member of the new cluster; each begins at op \(manifest.op)"
-                : "start the node; it recovers everything after op \(manifest.op) from the leader before it takes part again"
+                : "start the node; it recovers everything after op \(manifest.op) from the leader before it takes part again "
+                    + "(restoring every member? use --new-cluster instead: members that all wait to recover wait for ever)"
             print("restore: \(dataDir) now holds node \(nodeID) of cluster \"\(clusterName ?? manifest.clusterName)\" at op \(manifest.op); \(next)")
-        } catch let error as StorageError {
-            if case .locked = error {
-                FileHandle.standardError.write(Data("kimberlite-admin: restore: \(error); stop the server first\n".utf8))
-                throw ExitCode(75)
-            }
-            fail("restore: \(error)")
         } catch {
-            fail("restore: \(error)")
+            try failOffline("restore", error)
         }
     }
+}
+
+/// How an offline command ends on an error: 75 when a server holds the
+/// data directory (stop it first), 1 otherwise; nothing was changed.
+func failOffline(_ command: String, _ error: Error) throws -> Never {
+    if case StorageError.locked = error {
+        FileHandle.standardError.write(Data("kimberlite-admin: \(command): \(error); stop the server first (nothing was changed)\n".utf8))
+        throw ExitCode(75)
+    }
+    fail("\(command): \(error)")
 }
 
 struct BackupFailure: Error, CustomStringConvertible {

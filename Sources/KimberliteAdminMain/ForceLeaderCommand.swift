@@ -36,14 +36,8 @@ struct ForceLeaderCommand: ParsableCommand {
 
                 """.utf8))
             print("force-leader: node \(nodeID) alone forms cluster \"\(record.clusterName)\" at epoch \(record.newEpoch); start it, then add nodes")
-        } catch let error as StorageError {
-            if case .locked = error {
-                FileHandle.standardError.write(Data("kimberlite-admin: force-leader: \(error); stop the server first (nothing was changed)\n".utf8))
-                throw ExitCode(75)
-            }
-            fail("force-leader: \(error)")
         } catch {
-            fail("force-leader: \(error)")
+            try failOffline("force-leader", error)
         }
     }
 }

@@ -71,7 +71,13 @@ public enum Backup {
     /// Writes `<directory>/backup.manifest` durably.
     /// - Throws: `StorageError` naming the file.
     public static func writeManifest(_ manifest: BackupManifest, in directory: String) throws {
+        // The files and their names are durable before the manifest calls them a backup.
+        for subdirectory in ["log", "checkpoint"] where FileIO.kind(directory + "/" + subdirectory) == .directory {
+            try FileIO.syncDirectory(directory + "/" + subdirectory)
+        }
+        try FileIO.syncDirectory(directory)
         try ChecksummedJSON.write(manifest, magic: magic, to: directory + "/" + manifestName)
+        try FileIO.syncDirectory(FileIO.parentDirectory(directory))
     }
 
     /// Reads and checks the manifest.
@@ -97,7 +103,7 @@ public enum Backup {
         }
         let manifest: BackupManifest
         do { manifest = try readManifest(in: directory) } catch {
-            problem(.checksumMismatch, manifestName, "\(error)")
+            problem("\(error)".contains("checksum mismatch") ? .checksumMismatch : .unreadable, manifestName, "\(error)")
             return problems
         }
         for file in manifest.files {
@@ -154,6 +160,11 @@ public enum Backup {
             throw RestoreError("the backup in \(directory) is damaged; nothing was changed:\n" + report.errors.map(\.message).joined(separator: "\n"))
         }
         let manifest = try readManifest(in: directory)
+        // A one-node cluster has no peer to recover from: it always starts afresh.
+        let newCluster = newCluster || manifest.members.count == 1
+        if clusterName != nil && !newCluster {
+            throw RestoreError("--cluster-name renames the cluster and needs --new-cluster; a node rejoining its cluster keeps the backup's name (\"\(manifest.clusterName)\"); nothing was changed")
+        }
         guard manifest.members.contains(nodeID) else {
             throw RestoreError("node \(nodeID) is not a member of the backed-up cluster (members \(manifest.members.map(String.init).joined(separator: ", "))); nothing was changed")
         }

@@ -98,6 +98,16 @@ public struct CheckpointStore: Sendable {
         return manifest
     }
 
+    /// Whether checkpoint `op` belongs to `journal`'s history: its anchor is
+    /// the checksum of the journal's entry at `op`. Nil when the journal does
+    /// not hold `op` (or the entry cannot be read).
+    /// - Throws: `StorageError.checkpointInvalid` when the manifest does not read.
+    public func belongs(op: OpNumber, to journal: Journal) throws -> Bool? {
+        let manifest = try manifest(op: op)
+        guard let entry = try? journal.entries(from: op, through: op).first, entry.op == op else { return nil }
+        return entry.checksum.description == manifest.anchor
+    }
+
     /// Checks a checkpoint whole: manifest, file size and the SHA-256 of
     /// the SQLite file (reads the whole file).
     /// - Returns: the manifest.

@@ -142,9 +142,15 @@ import Testing
         try cluster.restart(lagging)
         try cluster.restart(restored)
 
-        // Whatever the two survivors serve, it is never the old prefix alone.
+        // Whatever the two survivors serve, it is never the old prefix alone;
+        // the restored node never leads.
         let watchUntil = ContinuousClock.now + .seconds(4)
+        var observed = 0
         while ContinuousClock.now < watchUntil {
+            if let status = await cluster.status(restored) {
+                observed += 1
+                #expect(status["is_leader"] as? Bool != true, "the restored node leads before it recovered: \(status)")
+            }
             for id in followers {
                 if let count = try? await cluster.count("fate", on: id, consistency: "strong") {
                     #expect(count == 30, "node \(id) served \(count) rows with the leader down: acknowledged writes were lost")
@@ -152,6 +158,7 @@ import Testing
             }
             try await Task.sleep(for: .milliseconds(200))  // poll interval of the watch
         }
+        #expect(observed > 0, "the restored node never answered /status during the watch")
         try cluster.restart(leader)
         _ = try await cluster.waitForLeader(timeout: .seconds(60))
         for id in 1...3 {
@@ -207,6 +214,14 @@ import Testing
         // The cluster goes on: more segments, more checkpoints.
         try await cluster.insertItems((26...60).map { "row-\($0)" }, clientID: "w2")
         for id in 1...3 { try await cluster.waitUntil("node \(id) applied 60 rows") { try await cluster.count("items", on: id) == 60 } }
+
+        // An ordinary kill -9 and restart with many small segments sets nothing aside.
+        cluster.kill9(2)
+        try cluster.restart(2)
+        try await cluster.waitUntil("node 2 restarted and serves 60 rows") { try await cluster.count("items", on: 2) == 60 }
+        for id in 1...3 {
+            #expect(!cluster.log(of: id).contains("set aside"), "a plain restart set files aside on node \(id)")
+        }
 
         // Restore, as the guide writes it.
         for id in 1...3 {

@@ -38,6 +38,8 @@ final class BackupService: @unchecked Sendable {
     private let lock = NSLock()
     private var active: [String: Active] = [:]
     static let idleLimit: Duration = .seconds(3600)
+    /// Backups in progress at once (each pins a checkpoint and its disk space).
+    static let maxConcurrent = 4
 
     private struct Active {
         var checkpointOp: OpNumber
@@ -56,6 +58,10 @@ final class BackupService: @unchecked Sendable {
     /// - Throws: `APIError` (`diverged`, `operationFailed`) saying why.
     func start() async throws -> BackupPlan {
         releaseIdle()
+        let running = lock.withLock { active.count }
+        guard running < Self.maxConcurrent else {
+            throw APIError(.overloaded, "\(running) backups are in progress on this node (at most \(Self.maxConcurrent)); finish or release one first")
+        }
         if driver.snapshot.divergence != nil {
             throw APIError(.diverged, "this node's committed log contradicts the cluster's; back up another member")
         }
@@ -95,7 +101,8 @@ final class BackupService: @unchecked Sendable {
     /// The file to send: the checkpoint, or a segment's prefix.
     /// - Throws: `APIError.notFound` for an unknown backup or file.
     func file(backupID: String, log name: String?) throws -> (path: String, bytes: Int) {
-        try lock.withLock {
+        releaseIdle()
+        return try lock.withLock {
             guard var backup = active[backupID] else {
                 throw APIError(.notFound, "no backup \(backupID) in progress on this node (finished, or idle for over an hour)")
             }
@@ -103,8 +110,9 @@ final class BackupService: @unchecked Sendable {
             active[backupID] = backup
             guard let name else {
                 let path = checkpointer.store.sqlitePath(op: backup.checkpointOp)
-                let bytes = (try? checkpointer.store.manifest(op: backup.checkpointOp).bytes) ?? 0
-                return (path, bytes)
+                do { return (path, try checkpointer.store.manifest(op: backup.checkpointOp).bytes) } catch {
+                    throw APIError(.operationFailed, "the backup's checkpoint cannot be served: \(error)")
+                }
             }
             guard let segment = backup.segments[name] else {
                 throw APIError(.notFound, "backup \(backupID) has no log file \(name)")
@@ -115,6 +123,7 @@ final class BackupService: @unchecked Sendable {
 
     /// Releases a backup's checkpoint; false when there is no such backup.
     func finish(backupID: String) -> Bool {
+        releaseIdle()
         guard let backup = lock.withLock({ active.removeValue(forKey: backupID) }) else { return false }
         checkpointer.unpin(backup.checkpointOp)
         return true

@@ -22,15 +22,28 @@ final class Checkpointer: @unchecked Sendable {
     private var newestOp: OpNumber
     private var pinned: [OpNumber: Int] = [:]
     private var copies = 0
+    /// After a failed periodic checkpoint, none is tried before this (a full
+    /// disk must not turn into one failing 500 MB copy per applied chunk).
+    private var retryAfter: ContinuousClock.Instant?
+    private var failureLog = LogThrottle(every: .seconds(60))
+    static let retryDelay: Duration = .seconds(30)
     private let opGauge = Gauge(label: "kmb_checkpoint_op")
     private let durationTimer = Metrics.Timer(label: "kmb_checkpoint_duration_seconds")
     private let checksumFailures = Counter(label: "kmb_checksum_failures_total")
 
-    /// - Parameter newestOp: the op of the newest valid checkpoint on disk (0: none).
-    init(store: CheckpointStore, projection: Projection, interval: Int, newestOp: OpNumber, logger: Logger) {
+    /// Where in the interval this node checkpoints: members take turns (a
+    /// third of the interval apart), so the replicas of one cluster never
+    /// all copy 500 MB at once while the leader needs a quorum of them.
+    private let phase: OpNumber
+
+    /// - Parameters:
+    ///   - newestOp: the op of the newest valid checkpoint on disk (0: none).
+    ///   - slot: this node's turn (its index among the members); the phase is `slot % 3` thirds of the interval.
+    init(store: CheckpointStore, projection: Projection, interval: Int, newestOp: OpNumber, slot: Int = 0, logger: Logger) {
         self.store = store
         self.projection = projection
         self.interval = OpNumber(max(0, interval))
+        self.phase = OpNumber(max(0, interval)) * OpNumber(slot % 3) / 3
         self.newestOp = newestOp
         self.logger = logger
         opGauge.record(Int64(bitPattern: newestOp))
@@ -43,18 +56,32 @@ final class Checkpointer: @unchecked Sendable {
     /// checkpoint once `interval` ops were applied since the newest one.
     func applied(through op: OpNumber) {
         let due = lock.withLock { () -> Bool in
-            guard interval > 0, !scheduled, op >= newestOp + interval else { return false }
+            guard interval > 0, !scheduled, op >= nextDue(after: newestOp) else { return false }
+            if let retryAfter, ContinuousClock.now < retryAfter { return false }
             scheduled = true
             return true
         }
         guard due else { return }
         queue.async { [self] in
-            defer { lock.withLock { scheduled = false } }
-            do { _ = try take() } catch {
-                // The next applied chunk tries again; the log keeps everything meanwhile.
-                logger.error("checkpoint failed; retrying after the next applied ops", metadata: ["error": "\(error)"])
+            do {
+                _ = try take()
+                lock.withLock { scheduled = false; retryAfter = nil }
+            } catch {
+                // Tried again after a pause; the log keeps everything meanwhile.
+                lock.withLock { scheduled = false; retryAfter = .now + Self.retryDelay }
+                if failureLog.allow() {
+                    logger.error("checkpoint failed; trying again in \(Self.retryDelay) (the log keeps every op meanwhile)",
+                                 metadata: ["error": "\(error)"])
+                }
             }
         }
+    }
+
+    /// The first op of this node's turn after `newest`: `phase + k × interval`.
+    func nextDue(after newest: OpNumber) -> OpNumber {
+        var due = phase == 0 ? interval : phase
+        if newest >= due { due += ((newest - due) / interval + 1) * interval }
+        return due
     }
 
     /// Takes a checkpoint of everything applied now (blocking; serialised
@@ -114,10 +141,24 @@ final class Checkpointer: @unchecked Sendable {
             try? FileManager.default.removeItem(atPath: temporary)
             throw error
         }
-        if let existing = try? store.manifest(op: copied.op) {
-            // Nothing applied since that checkpoint: it is this one.
+        guard copied.op > 0 else {
             try? FileManager.default.removeItem(atPath: temporary)
-            return existing
+            throw CheckpointRefusal("nothing has been applied yet: there is no state to checkpoint")
+        }
+        guard copied.anchor != .zero else {
+            // A projection from before anchors were recorded gets one with its next applied entry.
+            try? FileManager.default.removeItem(atPath: temporary)
+            throw CheckpointRefusal("the projection at op \(copied.op) has no hash-chain anchor yet; it records one with the next write")
+        }
+        if FileManager.default.fileExists(atPath: store.manifestPath(op: copied.op)) {
+            // Nothing applied since that checkpoint: it is this one, if it is whole.
+            do {
+                let existing = try store.check(op: copied.op)
+                try? FileManager.default.removeItem(atPath: temporary)
+                return existing
+            } catch {
+                quarantine(op: copied.op, error)
+            }
         }
         let manifest = try store.seal(temporaryFile: temporary, op: copied.op, anchor: copied.anchor,
                                       nowMs: Int64(Date().timeIntervalSince1970 * 1000))
@@ -137,4 +178,10 @@ final class Checkpointer: @unchecked Sendable {
         ])
         return manifest
     }
+}
+
+/// Why no checkpoint could be taken now (nothing wrong with the node).
+struct CheckpointRefusal: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }

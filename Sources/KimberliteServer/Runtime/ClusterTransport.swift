@@ -227,8 +227,10 @@ final class ClusterTransport: @unchecked Sendable {
             return "epoch \(hello.epoch) is older than the cluster's epoch \(epoch)"
         }
         if hello.epoch > epoch {
-            // This node is the old one: it stops serving (see `onSuperseded`).
-            onSuperseded?(hello.epoch, hello.nodeID)
+            // This node is the old one: it stops serving (see `onSuperseded`),
+            // but only on the word of a member it knows, not any stranger
+            // that happens to share the cluster name.
+            if members.contains(where: { $0.nodeID == hello.nodeID }) { onSuperseded?(hello.epoch, hello.nodeID) }
             return "epoch \(epoch) is older than the cluster's epoch \(hello.epoch)"
         }
         if hello.nodeID == selfID {

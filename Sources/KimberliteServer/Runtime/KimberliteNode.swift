@@ -99,7 +99,8 @@ public final class KimberliteNode: @unchecked Sendable {
         let forwarder = Forwarder()
         applier = ApplyEngine(projection: projection, registry: registry, logger: layer("projection"))
         checkpointer = Checkpointer(store: storage.checkpoints, projection: projection, interval: config.projections.checkpointInterval,
-                                    newestOp: storage.newestCheckpointOp, logger: layer("checkpoint"))
+                                    newestOp: storage.newestCheckpointOp,
+                                    slot: members.firstIndex { $0.nodeID == selfID } ?? 0, logger: layer("checkpoint"))
         applier.checkpointer = checkpointer
         api = ClientAPI(limits: .init(maxRecordSize: config.limits.maxRecordSize, maxBatchSize: config.limits.maxBatchSize,
                                       maxResultRows: config.limits.maxResultRows, requestTimeout: config.limits.requestTimeout,

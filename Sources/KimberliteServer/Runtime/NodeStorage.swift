@@ -41,7 +41,7 @@ struct NodeStorage {
         // this superblock's log.
         let setAside = try Journal.setAsideSegments(in: dataDirectory.logDirectory, after: stored?.newestSegmentOp ?? 0)
         if !setAside.isEmpty {
-            logger.warning("set aside journal segments written after this superblock (the data directory was restored from an older copy); kept as *\(Journal.setAsideSuffix)",
+            logger.error("set aside journal segments written after this superblock (the data directory was restored from an older copy); kept as *\(Journal.setAsideSuffix). Safe when every member was restored from copies taken with the cluster stopped; if only this node was copied back while the others went on, stop it and use kimberlite-admin restore (or wipe it) instead",
                            metadata: ["segments": "\(setAside.joined(separator: ","))", "newest_announced_op": "\(stored?.newestSegmentOp ?? 0)"])
         }
         let journal = try dataDirectory.openJournal(segmentSize: config.storage.segmentSize,
@@ -56,7 +56,23 @@ struct NodeStorage {
         }
         let checkpoints = CheckpointStore(dataDir: dataDirectory.path)
         try rebuildMissingProjection(dataDirectory: dataDirectory, checkpoints: checkpoints, journal: journal, logger: logger)
-        let projection = try Projection(directory: dataDirectory.projectionsDirectory, logger: layer("projection"))
+        var projection = try Projection(directory: dataDirectory.projectionsDirectory, logger: layer("projection"))
+        if !setAside.isEmpty && projection.appliedOp > journal.lastOp {
+            // A restored directory whose projection is ahead of its log: a
+            // write-ahead log of the later state (a node killed before the
+            // copy went back) was replayed onto the restored file. Set it
+            // aside and rebuild from this log's checkpoints.
+            logger.error("the restored projection is ahead of the restored log (a write-ahead log from after the backup was left behind); setting it aside and rebuilding it",
+                         metadata: ["applied_op": "\(projection.appliedOp)", "journal_op": "\(journal.lastOp)"])
+            projection.close()
+            let path = dataDirectory.projectionsDirectory + "/projection.sqlite"
+            for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) {
+                try? FileManager.default.removeItem(atPath: path + suffix + Journal.setAsideSuffix)
+                try FileManager.default.moveItem(atPath: path + suffix, toPath: path + suffix + Journal.setAsideSuffix)
+            }
+            try rebuildMissingProjection(dataDirectory: dataDirectory, checkpoints: checkpoints, journal: journal, logger: logger)
+            projection = try Projection(directory: dataDirectory.projectionsDirectory, logger: layer("projection"))
+        }
         setAsideCheckpoints(checkpoints, journal: journal, appliedOp: projection.appliedOp, logger: logger)
         // Only the journal's tail is loaded: from a little below the applied
         // op (memory does not grow with the log), so everything not applied
@@ -100,10 +116,8 @@ struct NodeStorage {
             let later: Bool
             if op > journal.lastOp {
                 later = op > appliedOp
-            } else if let manifest = try? checkpoints.manifest(op: op), let entry = try? journal.entries(from: op, through: op).first {
-                later = entry.checksum.description != manifest.anchor
             } else {
-                later = false
+                later = (try? checkpoints.belongs(op: op, to: journal)) == false
             }
             guard later else { continue }
             logger.warning("set aside a checkpoint this log never reached (the data directory was restored from an older copy)",
@@ -127,13 +141,12 @@ struct NodeStorage {
         for suffix in ["-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
         for op in try checkpoints.ops() where op <= journal.lastOp {
             do {
-                let manifest = try checkpoints.manifest(op: op)
-                guard let entry = try journal.entries(from: op, through: op).first, entry.checksum.description == manifest.anchor else {
+                guard try checkpoints.belongs(op: op, to: journal) == true else {
                     logger.warning("checkpoint does not belong to this log (its anchor is not the journal's entry at its op); not used",
                                    metadata: ["op": "\(op)"])
                     continue
                 }
-                try checkpoints.copy(op: op, to: path)
+                let manifest = try checkpoints.copy(op: op, to: path)
                 logger.notice("projection rebuilt from checkpoint; re-applying the log after it",
                               metadata: ["op": "\(op)", "bytes": "\(manifest.bytes)", "path": "\(checkpoints.sqlitePath(op: op))"])
                 return

@@ -39,7 +39,8 @@ struct ReplicaSnapshot: Sendable {
 /// What a node left out of the membership says, the same in logs, `/status` and errors.
 func supersededReason(epoch: UInt64, newer: UInt64) -> String {
     "Rejected by leader: epoch \(epoch) is older than the cluster's epoch \(newer); this node was left out of the "
-        + "membership (force-leader) and serves and votes in nothing. Wipe its data directory and join again"
+        + "membership (force-leader) and serves and votes in nothing. Keep its data directory as evidence; a new member "
+        + "starts from an empty one (joining a running cluster is not built yet)"
 }
 
 extension Divergence {
@@ -148,7 +149,8 @@ final class ReplicaDriver: @unchecked Sendable {
 
     /// Runs `body` on the driver thread with the journal and the durable record, and returns its result.
     func inspect<T: Sendable>(_ body: @escaping @Sendable (Journal, DurableRecord) throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
+        if queue.isStopping { throw APIError(.noLeader, "the node is shutting down") }
+        return try await withCheckedThrowingContinuation { continuation in
             submit(.inspect { journal, record in continuation.resume(with: Result { try body(journal, record) }) })
         }
     }
@@ -156,6 +158,9 @@ final class ReplicaDriver: @unchecked Sendable {
     private func run() {
         while let batch = queue.next(drainOnStop: false) { process(batch) }
         do { try journal.sync() } catch { logger.error("final journal sync failed: \(error)") }
+        // Inspections still queued are answered (their callers await them);
+        // events and requests are dropped: the registry fails the requests.
+        for case .inspect(let body) in queue.takeRemaining() { body(journal, replica.durableRecord) }
         finished.signal()
     }
 
@@ -484,6 +489,14 @@ final class BatchQueue<Item>: @unchecked Sendable {
         let batch = items
         items.removeAll(keepingCapacity: true)
         return batch
+    }
+
+    /// Whatever is still queued (after `stop`), emptying the queue.
+    func takeRemaining() -> [Item] {
+        condition.lock()
+        defer { condition.unlock() }
+        defer { items.removeAll() }
+        return items
     }
 
     var isStopping: Bool {

@@ -14,6 +14,13 @@ import Testing
         try await Cluster.run(Cluster.adminBinary, ["restore", "--from", backup, "--data-dir", dataDir, "--node-id", "\(id)"] + extra)
     }
 
+    /// The names of the rows inserted through op `op` (op 1 created the table; one row per op after it).
+    static func rowsThrough(_ cluster: Cluster, on id: Int, op: Int) async throws -> String? {
+        let reply = try await cluster.query(on: id, "SELECT group_concat(name, ',') FROM (SELECT name FROM items WHERE id <= ?1 ORDER BY id)",
+                                            params: [op - 1], consistency: "strong")
+        return (reply.body["rows"] as? [[Any]])?.first?.first as? String
+    }
+
     static func scratch(_ name: String) -> String {
         FileManager.default.temporaryDirectory.appendingPathComponent("kmb-\(name)-\(UUID().uuidString.prefix(8))").path
     }
@@ -30,9 +37,21 @@ import Testing
 
         let output = Self.scratch("backup")
         defer { try? FileManager.default.removeItem(atPath: output) }
+        // Online: writes go on while the backup is taken.
+        let writer = Task {
+            for n in 1...150 {
+                _ = try await source.executeWithRetry([("INSERT INTO items(name) VALUES (?)", ["during-\(n)"])], clientID: "during", requestNumber: n)
+            }
+        }
         let taken = try await Self.backup(source, from: follower, to: output)
+        try await writer.value
         #expect(taken.exited && taken.status == 0, "\(taken)")
-        #expect(taken.stdout.contains("backup: node \(follower) of cluster \"\(source.clusterName)\" at op 31"), "\(taken.stdout)")
+        #expect(taken.stdout.contains("backup: node \(follower) of cluster \"\(source.clusterName)\" at op "), "\(taken.stdout)")
+        let backupOp = try #require(taken.stdout.split(separator: " ").firstIndex(of: "op").flatMap { Int(taken.stdout.split(separator: " ")[$0 + 1].dropLast()) },
+                                    "\(taken.stdout)")
+        #expect(backupOp >= 31, "\(taken.stdout)")
+        // The backup holds exactly its op's prefix: every row up to it, in op order.
+        let expectedAtBackup = try #require(try await Self.rowsThrough(source, on: leader, op: backupOp))
         #expect(taken.stderr.contains("backup: [") && taken.stderr.contains("100%"), "no progress bar: \(taken.stderr)")
         let verified = try await CorruptionTests.verify(output)
         #expect(verified.exited && verified.status == 0, "\(verified)")
@@ -51,13 +70,14 @@ import Testing
         _ = try await target.waitForLeader()
         for id in 1...3 {
             try await target.waitUntil("restored node \(id) serves the backup's rows") {
-                try await CheckpointTests.rows(target, on: id) == expected
+                try await CheckpointTests.rows(target, on: id) == expectedAtBackup
             }
         }
+        #expect(expectedAtBackup.hasPrefix(expected), "the backup lost rows acknowledged before it began")
         let write = try await target.executeWithRetry([("INSERT INTO items(name) VALUES ('after-restore')", [])], clientID: "new", requestNumber: 1)
-        #expect(write.status == 200 && write.body["op"] as? Int == 32, "\(write.text)")
+        #expect(write.status == 200 && write.body["op"] as? Int == backupOp + 1, "\(write.text)")
         for id in 1...3 {
-            try await target.waitUntil("node \(id) applied the first write of the new cluster") { try await target.count("items", on: id) == 31 }
+            try await target.waitUntil("node \(id) applied the first write of the new cluster") { try await target.count("items", on: id) == backupOp }
         }
     }
 
@@ -185,7 +205,11 @@ import Testing
         #expect(copied.exited && copied.status == 0, "rsync \(from) \(to): \(copied)")
     }
 
-    @Test func theGuidesOfflineBackupAndRestoreReturnsTheClusterToTheBackupsState() async throws {
+    /// `killed`: the nodes die (kill -9) before the restore instead of
+    /// stopping cleanly, leaving write-ahead logs of the later state that
+    /// rsync without --delete does not remove.
+    @Test(arguments: [false, true])
+    func theGuidesOfflineBackupAndRestoreReturnsTheClusterToTheBackupsState(killed: Bool) async throws {
         let cluster = try Cluster.prepare(nodes: 3)
         // Small segments and checkpoints, so files are written after the
         // backup that the restore (rsync without --delete) leaves behind.
@@ -225,8 +249,12 @@ import Testing
 
         // Restore, as the guide writes it.
         for id in 1...3 {
-            let stopped = try await cluster.stop(id)
-            #expect(stopped.exited && stopped.status == 0, "\(stopped)")
+            if killed {
+                cluster.kill9(id)
+            } else {
+                let stopped = try await cluster.stop(id)
+                #expect(stopped.exited && stopped.status == 0, "\(stopped)")
+            }
         }
         for node in cluster.nodes { try await Self.rsync("\(backupRoot)/node\(node.id)", node.dataDir) }
         for id in 1...3 { try cluster.restart(id) }

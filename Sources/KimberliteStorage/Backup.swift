@@ -213,17 +213,9 @@ public enum Backup {
 
     /// Copies a file durably (fsync before return).
     static func copyFile(_ source: String, to destination: String) throws {
-        let input = try FileIO.openFile(source, flags: O_RDONLY)
-        defer { FileIO.closeFile(input) }
         let output = try FileIO.openFile(destination, flags: O_WRONLY | O_CREAT | O_TRUNC)
         defer { FileIO.closeFile(output) }
-        var offset = 0
-        while true {
-            let chunk = try FileIO.read(input, count: 1 << 20, at: offset, path: source)
-            if chunk.isEmpty { break }
-            try FileIO.write(output, chunk, at: offset, path: destination)
-            offset += chunk.count
-        }
+        try FileIO.forEachChunk(of: source) { chunk, offset in try FileIO.write(output, chunk, at: offset, path: destination) }
         try FileIO.sync(output, path: destination)
     }
 }

@@ -220,32 +220,27 @@ public struct CheckpointStore: Sendable {
         let manifest = try manifest(op: op)
         let source = sqlitePath(op: op)
         let temporary = destination + ".tmp"
-        let input: Int32
-        do { input = try FileIO.openFile(source, flags: O_RDONLY) } catch {
-            throw StorageError.checkpointInvalid(path: source, reason: "cannot read it: \(error)")
-        }
-        defer { FileIO.closeFile(input) }
         let output = try FileIO.openFile(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
         var hasher = SHA256()
-        var offset = 0
         do {
             defer { FileIO.closeFile(output) }
-            while true {
-                let chunk = try FileIO.read(input, count: 1 << 20, at: offset, path: source)
-                if chunk.isEmpty { break }
+            let bytes = try FileIO.forEachChunk(of: source) { chunk, offset in
                 hasher.update(data: chunk)
                 try FileIO.write(output, chunk, at: offset, path: temporary)
-                offset += chunk.count
             }
             let digest = Self.hex(hasher.finalize())
-            guard offset == manifest.bytes, digest == manifest.sha256 else {
-                throw StorageError.checkpointInvalid(path: source, reason: offset != manifest.bytes
-                    ? "\(offset) bytes, the manifest says \(manifest.bytes)"
+            guard bytes == manifest.bytes, digest == manifest.sha256 else {
+                throw StorageError.checkpointInvalid(path: source, reason: bytes != manifest.bytes
+                    ? "\(bytes) bytes, the manifest says \(manifest.bytes)"
                     : "checksum mismatch: SHA-256 \(digest), the manifest says \(manifest.sha256)")
             }
             try FileIO.sync(output, path: temporary)
         } catch {
             try? FileIO.remove(temporary)
+            // A source that cannot be read is a checkpoint not to use, not a failure of the node.
+            if case StorageError.io(_, source, _, _) = error {
+                throw StorageError.checkpointInvalid(path: source, reason: "cannot read it: \(error)")
+            }
             throw error
         }
         try FileIO.rename(temporary, destination)
@@ -256,17 +251,9 @@ public struct CheckpointStore: Sendable {
     /// SHA-256 (hex) and size of a file, read in 1 MiB pieces.
     /// - Throws: `StorageError.io` naming the file.
     public static func sha256(file path: String) throws -> (sha256: String, bytes: Int) {
-        let fd = try FileIO.openFile(path, flags: O_RDONLY)
-        defer { FileIO.closeFile(fd) }
         var hasher = SHA256()
-        var offset = 0
-        while true {
-            let chunk = try FileIO.read(fd, count: 1 << 20, at: offset, path: path)
-            if chunk.isEmpty { break }
-            hasher.update(data: chunk)
-            offset += chunk.count
-        }
-        return (hex(hasher.finalize()), offset)
+        let bytes = try FileIO.forEachChunk(of: path) { chunk, _ in hasher.update(data: chunk) }
+        return (hex(hasher.finalize()), bytes)
     }
 
     static func hex(_ digest: some Sequence<UInt8>) -> String { ChecksummedJSON.hex(digest) }

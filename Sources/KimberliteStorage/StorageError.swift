@@ -228,6 +228,22 @@ enum FileIO {
         }
     }
 
+    /// Reads `path` front to back in 1 MiB pieces, handing each to `body`
+    /// with its offset. - Returns: the bytes read.
+    /// - Throws: `StorageError` naming the file, or what `body` throws.
+    @discardableResult
+    static func forEachChunk(of path: String, _ body: (_ chunk: [UInt8], _ offset: Int) throws -> Void) throws -> Int {
+        let fd = try openFile(path, flags: O_RDONLY)
+        defer { closeFile(fd) }
+        var offset = 0
+        while true {
+            let chunk = try read(fd, count: 1 << 20, at: offset, path: path)
+            if chunk.isEmpty { return offset }
+            try body(chunk, offset)
+            offset += chunk.count
+        }
+    }
+
     /// Replaces (or creates) `path` with `bytes` so a crash leaves the old
     /// file or the new one, never a mix: temporary file, fsync, rename,
     /// directory fsync.

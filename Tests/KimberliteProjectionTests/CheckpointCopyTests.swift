@@ -42,15 +42,18 @@ import Testing
             for n in 1...3000 { entries.append(log.next("INSERT INTO t(v) VALUES (?1)", [.text(String(repeating: "x", count: 200) + "\(n)")])) }
             _ = try projection.apply(Array(entries[0..<1000]))
             let rest = Array(entries[1000...])
+            let applied = DispatchSemaphore(value: 0)
             let applier = Thread {
                 for start in stride(from: 0, to: rest.count, by: 50) {
                     _ = try? projection.apply(Array(rest[start..<min(start + 50, rest.count)]))
                 }
+                applied.signal()
             }
             applier.start()
             let path = directory + "/stepped.sqlite"
             let copied = try projection.writeConsistentCopy(to: path, pacing: .init(pagesPerStep: 4, pauseMs: 0))
-            while projection.appliedOp < 3001 { Thread.sleep(forTimeInterval: 0.01) }  // bounded: the applier applies 2,001 entries and ends
+            #expect(applied.wait(timeout: .now() + 60) == .success, "the applier did not finish")
+            #expect(projection.appliedOp == 3001)
             #expect(copied.op >= 1000 && copied.op <= 3001)
             #expect(copied.anchor == entries[Int(copied.op) - 1].checksum)
             // The same prefix applied afresh has the same contents.

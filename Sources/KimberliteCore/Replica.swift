@@ -118,6 +118,12 @@ public enum ReplicaEvent: Sendable {
     /// `journalOp` and nothing after it (later appends of the same batch were
     /// not attempted). The replica drops the rest from memory and recovers.
     case appendFailed(journalOp: OpNumber)
+    /// State transfer (DESIGN.md §2b; VRR §5.2 with checkpoints): the
+    /// runtime installed a checkpoint of committed op `op` (the projection
+    /// holds the state through it) and reset the journal to begin after it,
+    /// chaining onto `checksum`. Send it only when `acceptsState(at: op)`
+    /// said yes, on the same thread, before anything else reaches the replica.
+    case stateInstalled(op: OpNumber, checksum: Checksum)
 }
 
 /// Things worth logging and counting; the core itself cannot log.
@@ -139,6 +145,8 @@ public enum ReplicaNote: Sendable, Equatable {
     case badEntry(op: OpNumber, from: NodeID)
     /// A recovering replica's log is whole again; it votes from now on.
     case recovered(view: ViewNumber, op: OpNumber)
+    /// The log restarts after a checkpoint installed by state transfer.
+    case stateInstalled(op: OpNumber)
     /// Every other member answered with an empty log: this replica joins the
     /// cluster with an empty log, in view 0 or in the view change at the
     /// highest view answered. The durable record now says `formed`.
@@ -430,6 +438,7 @@ public struct Replica: Sendable {
         case .readRequest(let id): onReadRequest(id)
         case .appendFailed(let journalOp): onAppendFailed(journalOp: journalOp)
         case .releaseMemory(let through): releaseMemory(through: through)
+        case .stateInstalled(let op, let checksum): onStateInstalled(op: op, checksum: checksum)
         case .message(let message, let from):
             if configuration.members.contains(from), from != selfID { onMessage(message, from: from) }
         }
@@ -453,8 +462,50 @@ public struct Replica: Sendable {
             truncate(after: min(journalOp, op))
         case .releaseMemory(let through):
             releaseMemory(through: through)
-        case .tick, .persisted, .message:
+        case .tick, .persisted, .message, .stateInstalled:
             break
+        }
+    }
+
+    /// Whether this replica takes the committed state through `op` from a
+    /// checkpoint instead of its log: a backup in normal status, or a
+    /// recovering replica, whose verified log ends before `op` (it needs
+    /// ops the primary no longer holds in its journal). A primary, a
+    /// replica in a view change (its log may be the one a view change
+    /// chooses) and a diverged one never do.
+    public func acceptsState(at op: OpNumber) -> Bool {
+        let role = status == .recovering || (status == .normal && !isPrimary)
+        return role && op > commitNumber && op > verifiedOp && !formationPending
+    }
+
+    /// `ReplicaEvent.stateInstalled`. Every op through `base` is committed
+    /// (a checkpoint is taken of applied state), and nothing this replica
+    /// holds past its verified op was acknowledged in this view (a backup
+    /// acknowledges only verified ops, and verified ops end before `base`),
+    /// so the log restarts empty at `base` and repair goes on after it.
+    private mutating func onStateInstalled(op base: OpNumber, checksum: Checksum) {
+        precondition(acceptsState(at: base), "state installed at op \(base) that the replica did not accept")
+        // The journal was reset by the runtime already (no truncation to emit).
+        log.removeAll()
+        logFloor = base
+        floorChecksum = checksum
+        commitNumber = base
+        knownCommit = max(knownCommit, base)
+        durableOp = base
+        verifiedOp = base
+        lastAckedOp = min(lastAckedOp, base)
+        logStarted = true
+        viewStartRepairOp = min(viewStartRepairOp, base)
+        if recoveringLostEntries { recoveryTarget = max(recoveryTarget, base) }
+        persistDurableRecord()
+        emit(.note(.stateInstalled(op: base)))
+        if status == .recovering {
+            if let leader = recoveryLeader {
+                recoveryStartedAt = now
+                requestRepair(from: leader, op: base + 1)
+            }
+        } else {
+            requestRepair(from: primary(of: view), op: base + 1)
         }
     }
 
@@ -1105,6 +1156,11 @@ public struct Replica: Sendable {
             } else if repairRequestedAt == nil {
                 requestRepair(from: from, op: verifiedOp + 1)
             }
+        } else if entries.isEmpty, logView < view, verifiedOp >= primaryOp {
+            // Nothing to send: our verified log (a checkpoint installed by
+            // state transfer, say) already holds everything the primary has.
+            claimLogView(primaryOp: primaryOp)
+            acknowledgeIfNew()
         }
         if primaryOp > verifiedOp, repairRequestedAt == nil { requestRepair(from: from, op: verifiedOp + 1) }
         advanceBackupCommit(primaryCommit)

@@ -667,6 +667,49 @@ public final class Projection: @unchecked Sendable {
         return try Self.readCheckpointMetadata(path: path)
     }
 
+    /// Replaces everything the projection holds by the checkpoint at `path`
+    /// (state transfer, DESIGN.md §2b): SQLite's online backup from that
+    /// file into the apply connection, one write transaction, so readers see
+    /// the old state or the new one, never a mix. The applied op becomes the
+    /// checkpoint's.
+    /// - Returns: the applied op and anchor the projection now holds.
+    /// - Throws: `ProjectionError.incompatible` when the file is not a
+    ///   projection of this format (nothing changes), `.storage` when the
+    ///   copy fails (SQLite rolls the destination back), `.closed`.
+    public func replaceContents(withCheckpointAt path: String) throws -> (op: OpNumber, anchor: Checksum) {
+        let incoming = try Self.readCheckpointMetadata(path: path)
+        return try applyLock.withLock {
+            guard let db = writer else { throw ProjectionError.closed }
+            do {
+                let source = try SQLiteConnection(path: path, flags: SQLITE_OPEN_READONLY)
+                defer { source.close() }
+                guard let backup = sqlite3_backup_init(db.db, "main", source.db, "main") else { throw db.lastError() }
+                var stepped: Int32 = SQLITE_OK
+                while stepped == SQLITE_OK || stepped == SQLITE_BUSY || stepped == SQLITE_LOCKED {
+                    stepped = sqlite3_backup_step(backup, -1)
+                    if stepped == SQLITE_BUSY || stepped == SQLITE_LOCKED { usleep(1000) }
+                }
+                let finished = sqlite3_backup_finish(backup)
+                guard stepped == SQLITE_DONE, finished == SQLITE_OK else {
+                    throw db.lastError(code: stepped == SQLITE_DONE ? finished : stepped)
+                }
+                // The copy is durable before anyone relies on it (synchronous=NORMAL
+                // syncs the WAL only at checkpoints).
+                try db.execute("PRAGMA wal_checkpoint(FULL)")
+                guard case .integer(let op)? = try db.scalar("SELECT value FROM _kmb_meta WHERE key = 'applied_op'") else {
+                    throw ProjectionError.incompatible("\(self.path) lost its applied_op in the copy from \(path)")
+                }
+                precondition(OpNumber(bitPattern: op) == incoming.op, "the projection holds the checkpoint's applied op")
+            } catch let error as SQLiteError {
+                throw ProjectionError.storage(operation: "replace the projection with the checkpoint \(path)", error)
+            }
+            appliedLock.withLock { appliedOpStorage = incoming.op }
+            appliedGauge.record(Int64(bitPattern: incoming.op))
+            logger.notice("projection replaced by a checkpoint", metadata: ["path": "\(path)", "applied_op": "\(incoming.op)"])
+            return incoming
+        }
+    }
+
     /// How `writeConsistentCopy` spreads its writes: pages per step (each
     /// step synced before the next) and a pause between steps, so a
     /// checkpoint's I/O leaves room for the journal's fsyncs.

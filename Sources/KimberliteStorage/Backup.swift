@@ -185,7 +185,9 @@ public enum Backup {
         }
         try FileIO.syncDirectory(data.logDirectory)
         // The copied log must open clean and end exactly at the backup's op.
-        let journal = try data.openJournal(segmentSize: 64 << 20, syncMode: .fsync, logger: Logger(label: "kimberlite.restore"))
+        // A backup of a compacted log starts after op 1: its first entry's parent anchors it.
+        let base = try Journal.firstEntryBase(directory: data.logDirectory)
+        let journal = try data.openJournal(segmentSize: 64 << 20, syncMode: .fsync, logger: Logger(label: "kimberlite.restore"), base: base)
         guard journal.recovery.isClean, journal.lastOp == manifest.op, journal.lastChecksum.description == manifest.anchor else {
             throw RestoreError("the restored log in \(data.logDirectory) does not end at op \(manifest.op) with the backup's anchor (it ends at \(journal.lastOp)); remove \(dataDir) and try again")
         }
@@ -206,6 +208,8 @@ public enum Backup {
             record.recoveryTarget = manifest.op
         }
         var state = SuperblockState(clusterName: clusterName ?? manifest.clusterName, nodeID: nodeID, record: record)
+        state.logBaseOp = base.op
+        state.logBaseChecksum = base.checksum
         state.newestSegmentOp = manifest.segments.compactMap { SegmentFormat.firstOp(fromFileName: ($0.path as NSString).lastPathComponent) }.max() ?? 0
         try data.openSuperblock().write(state)
         return manifest

@@ -104,6 +104,7 @@ public struct CheckpointStore: Sendable {
     /// - Throws: `StorageError.checkpointInvalid` when the manifest does not read.
     public func belongs(op: OpNumber, to journal: Journal) throws -> Bool? {
         let manifest = try manifest(op: op)
+        if op == journal.base.op && op > 0 { return journal.base.checksum.description == manifest.anchor }
         guard let entry = try? journal.entries(from: op, through: op).first, entry.op == op else { return nil }
         return entry.checksum.description == manifest.anchor
     }
@@ -271,5 +272,23 @@ extension Checksum {
             bytes.append(byte)
         }
         self.init(bytes: bytes)
+    }
+}
+
+extension Checksum: Codable {
+    /// Decodes 64 hex digits (as `description` writes them).
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        let text = try container.decode(String.self)
+        guard let checksum = Checksum(hex: text) else {
+            throw DecodingError.dataCorruptedError(in: container, debugDescription: "not a 64-digit hex checksum: \(text)")
+        }
+        self = checksum
+    }
+
+    /// Encodes as 64 lower-case hex digits.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
     }
 }

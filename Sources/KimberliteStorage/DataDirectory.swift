@@ -55,9 +55,11 @@ public final class DataDirectory {
     }
 
     /// Opens the journal in `log/`.
+    /// - Parameter base: the superblock's log base (see `Journal.init`).
     public func openJournal(segmentSize: Int, syncMode: SyncMode, logger: Logger,
+                            base: (op: OpNumber, checksum: Checksum) = (0, .zero),
                             metricsFactory: (any MetricsFactory)? = nil) throws -> Journal {
-        try Journal(directory: logDirectory, segmentSize: segmentSize, syncMode: syncMode, logger: logger,
+        try Journal(directory: logDirectory, segmentSize: segmentSize, syncMode: syncMode, logger: logger, base: base,
                     metricsFactory: metricsFactory)
     }
 

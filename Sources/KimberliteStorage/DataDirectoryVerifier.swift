@@ -170,7 +170,7 @@ public enum DataDirectoryVerifier {
             }
             if Backup.isBackup(dataDir) {
                 // A backup directory: log, checkpoint, and every file against its manifest.
-                if FileIO.kind(dataDir + "/log") == .directory { scanLog() }
+                if FileIO.kind(dataDir + "/log") == .directory { scanLog(base: nil) }
                 scanCheckpoints(CheckpointStore(directory: dataDir + "/checkpoint"), relativeDirectory: "checkpoint/")
                 problems += Backup.problems(in: dataDir, scannedLastOp: lastOp, lastChecksum: lastChecksum)
                 return
@@ -180,11 +180,11 @@ public enum DataDirectoryVerifier {
             if !hasLog && !hasSuperblock {
                 return directoryProblem(.notADataDirectory, "holds no superblock and no log/ (found \(names.prefix(5).joined(separator: ", "))\(names.count > 5 ? ", …" : ""))")
             }
-            if hasLog { scanLog() }
+            // The superblock first: it says where the log begins (its base).
+            if hasSuperblock { scanSuperblock() }
+            if hasLog { scanLog(base: superblock.map { ($0.logBaseOp, $0.logBaseChecksum) } ?? (0, .zero)) }
             scanCheckpoints(CheckpointStore(dataDir: dataDir), relativeDirectory: "projections/checkpoints/")
-            if hasSuperblock {
-                scanSuperblock()
-            } else {
+            if !hasSuperblock {
                 let severity: VerifyProblem.Severity = entries > 0 ? .error : .warning
                 problems.append(VerifyProblem(severity, .superblockMissing, file: "superblock", subject: "superblock",
                                               detail: entries > 0 ? "the log has entries but the view and commit state is gone" : "no superblock yet (a node that never started)"))
@@ -249,12 +249,25 @@ public enum DataDirectoryVerifier {
             }
         }
 
-        mutating func scanLog() {
-            let listing: (segments: [SegmentFile], others: [String])
+        /// - Parameter base: the op before the log's first entry and its
+        ///   checksum; nil when unknown (a backup of a compacted log starts
+        ///   where its first segment says).
+        mutating func scanLog(base: (op: OpNumber, checksum: Checksum)?) {
+            var listing: (segments: [SegmentFile], others: [String])
             do { listing = try SegmentScanner.list(dataDir + "/log") } catch {
                 problems.append(VerifyProblem(.error, .unreadable, file: "log", subject: "log directory", detail: "\(error)"))
                 return
             }
+            if let base, base.op > 0 {
+                for file in listing.segments where file.firstOp <= base.op {
+                    problems.append(VerifyProblem(.warning, .unexpectedFile, file: "log/" + file.name, subject: "file log/\(file.name)",
+                                                  detail: "a segment below the log's base (op \(base.op)), left by an interrupted compaction or state transfer; the server removes it on start"))
+                }
+                listing.segments.removeAll { $0.firstOp <= base.op }
+            }
+            lastOp = base?.op ?? 0
+            if let base, base.op > 0 { lastChecksum = base.checksum }
+            let firstOp = base.map { $0.op + 1 } ?? (listing.segments.first?.firstOp == 1 ? 1 : nil)
             for name in listing.others {
                 let detail = name.contains(".corrupt") ? "quarantined evidence of earlier corruption (not part of the log)"
                     : name.hasSuffix(Journal.setAsideSuffix) ? "set aside at start: written after the superblock in place, so the directory was restored from an older copy (not part of the log)"
@@ -262,7 +275,7 @@ public enum DataDirectoryVerifier {
                 problems.append(VerifyProblem(.warning, .unexpectedFile, file: "log/" + name, subject: "file log/\(name)", detail: detail))
             }
             // Reports every damage and reads on past it.
-            SegmentScanner.scan(listing.segments, firstOp: 1) { finding in
+            SegmentScanner.scan(listing.segments, firstOp: firstOp, anchor: base?.checksum) { finding in
                 switch finding {
                 case .segmentStart(_, let bytes, _):
                     segments += 1

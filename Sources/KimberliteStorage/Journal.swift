@@ -94,8 +94,11 @@ public final class Journal {
 
     /// Total bytes of segment files (including corrupt ones not yet quarantined).
     public var sizeBytes: Int { segments.reduce(0) { $0 + $1.size } + quarantineBytes }
-    /// The first op held (1 unless the log is empty, then `lastOp + 1`).
+    /// The first op held (`base.op + 1` unless the log is empty, then `lastOp + 1`).
     public var firstOp: OpNumber { segments.first?.firstOp ?? lastOp + 1 }
+    /// The op just before the first entry and its checksum: (0, .zero) for a
+    /// log kept from op 1; moved up by `compact` and `reset`.
+    public private(set) var base: (op: OpNumber, checksum: Checksum)
     /// Paths of the segment files holding the log, oldest first.
     public var segmentPaths: [String] { segments.map(\.path) }
     /// Ops appended but not yet made durable by `sync()` (always 0 under `.async`).
@@ -146,7 +149,13 @@ public final class Journal {
     ///   - metricsFactory: where the `kmb_*` metrics go; nil means the
     ///     process-wide `MetricsSystem.factory` (bootstrap it first).
     /// - Throws: `StorageError` if the directory or a segment cannot be read or repaired.
+    ///   - base: the op just before the log's first entry and that entry's
+    ///     checksum (`SuperblockState.logBaseOp`/`logBaseChecksum`): (0,
+    ///     .zero) for a log from op 1. Segment files starting at or below it
+    ///     are left over from an interrupted compaction or state transfer
+    ///     and are removed; the first kept entry must chain onto the base.
     public init(directory: String, segmentSize: Int, syncMode: SyncMode, logger: Logger,
+                base: (op: OpNumber, checksum: Checksum) = (0, .zero),
                 metricsFactory: (any MetricsFactory)? = nil) throws {
         guard segmentSize >= 64 else {
             throw StorageError.invalidArgument("segment_size \(segmentSize) bytes is below the 64-byte minimum")
@@ -162,7 +171,13 @@ public final class Journal {
         sizeGauge = Gauge(label: "kmb_log_size_bytes", factory: factory)
         checksumFailures = Counter(label: "kmb_checksum_failures_total", factory: factory)
         try FileIO.makeDirectories(directory)
-        let scan = try Journal.scan(directory: directory)
+        self.base = base
+        let leftovers = try Journal.removeSegments(in: directory, through: base.op)
+        if !leftovers.isEmpty {
+            logger.notice("removed journal segments below the log's base (an interrupted compaction or state transfer)",
+                          metadata: ["segments": "\(leftovers.joined(separator: ","))", "base_op": "\(base.op)"])
+        }
+        let scan = try Journal.scan(directory: directory, base: base)
         segments = scan.segments
         lastOp = scan.lastOp
         lastChecksum = scan.lastChecksum
@@ -285,6 +300,69 @@ public final class Journal {
             "segment": "\(path)", "offset": "\(offset)", "op": "\(op)", "problem": "\(kind.rawValue)", "detail": "\(detail)",
         ])
         return StorageError.corrupt(path: path, offset: offset, op: op, reason: "\(kind.rawValue): \(detail)")
+    }
+
+    // MARK: Compaction and state transfer
+
+    /// Deletes the segments that hold only ops at or below `op` (never the
+    /// newest segment, which takes appends), moving the base up to the last
+    /// op deleted. `persistBase` is called with the new base before any file
+    /// goes, so the superblock names it first: a crash midway leaves files
+    /// the next open removes (`init`'s leftovers), never a log with a hole.
+    /// - Returns: bytes freed (0 when no segment lies wholly at or below `op`).
+    /// - Throws: what `persistBase` throws (then nothing is deleted), `StorageError.io`.
+    @discardableResult
+    public func compact(through op: OpNumber, persistBase: ((op: OpNumber, checksum: Checksum)) throws -> Void) throws -> Int {
+        let removable = segments.dropLast().prefix { !$0.offsets.isEmpty && $0.lastOp <= op }
+        guard let last = removable.last else { return 0 }
+        guard let entry = try entries(from: last.lastOp, through: last.lastOp).first else {
+            throw StorageError.invalidArgument("op \(last.lastOp) is not readable in the journal")
+        }
+        let newBase = (op: entry.op, checksum: entry.checksum)
+        try persistBase(newBase)
+        let freed = removable.reduce(0) { $0 + $1.size }
+        for segment in removable {
+            if currentFDPath == segment.path { closeCurrent() }
+            try FileIO.remove(segment.path)
+            unsyncedPaths.removeAll { $0 == segment.path }
+        }
+        segments.removeFirst(removable.count)
+        try syncDirectory()
+        base = newBase
+        sizeGauge.record(sizeBytes)
+        logger.notice("journal compacted", metadata: [
+            "through_op": "\(newBase.op)", "segments_removed": "\(removable.count)", "bytes_freed": "\(freed)",
+            "first_op": "\(firstOp)",
+        ])
+        return freed
+    }
+
+    /// Replaces the whole log by an empty one based on `newBase` (a
+    /// checkpoint installed by state transfer): the next append must be op
+    /// `newBase.op + 1` chaining onto `newBase.checksum`. `persistBase` runs
+    /// before any file goes (see `compact`).
+    /// - Throws: what `persistBase` throws (then nothing changes), `StorageError.io`.
+    public func reset(to newBase: (op: OpNumber, checksum: Checksum),
+                      persistBase: ((op: OpNumber, checksum: Checksum)) throws -> Void) throws {
+        try persistBase(newBase)
+        closeCurrent()
+        for segment in segments { try FileIO.remove(segment.path) }
+        segments = []
+        unsyncedPaths = []
+        try syncDirectory()
+        base = newBase
+        lastOp = newBase.op
+        lastChecksum = newBase.checksum
+        syncedOp = newBase.op
+        syncedChecksum = newBase.checksum
+        sizeGauge.record(sizeBytes)
+    }
+
+    private func closeCurrent() {
+        FileIO.closeFile(currentFD)
+        currentFD = -1
+        currentFDPath = ""
+        currentDirty = false
     }
 
     // MARK: Writing
@@ -410,12 +488,12 @@ public final class Journal {
     public func truncate(after op: OpNumber) throws {
         if let pendingCorruption { throw StorageError.corruptionPending(pendingCorruption) }
         guard op < lastOp else { return }
-        guard op == 0 || op >= firstOp else {
-            throw StorageError.invalidArgument("cannot truncate after op \(op): the log starts at op \(firstOp)")
+        guard op >= base.op else {
+            throw StorageError.invalidArgument("cannot truncate after op \(op): the log starts after op \(base.op) (compacted or installed by state transfer)")
         }
         let checksum: Checksum
-        if op == 0 {
-            checksum = .zero
+        if op == base.op {
+            checksum = base.checksum
         } else {
             guard let entry = try entries(from: op, through: op).first else {
                 throw StorageError.invalidArgument("op \(op) is not in the log")
@@ -656,13 +734,15 @@ public final class Journal {
     /// Reads and verifies every segment (`SegmentScanner`, stopping at the
     /// first damage); changes nothing on disk.
     /// - Throws: `StorageError.io` if the directory or a segment cannot be read.
-    static func scan(directory: String) throws -> ScanResult {
+    static func scan(directory: String, base: (op: OpNumber, checksum: Checksum)) throws -> ScanResult {
         var result = ScanResult()
+        result.lastOp = base.op
+        result.lastChecksum = base.checksum
         let (files, others) = try SegmentScanner.list(directory)
         result.recovery.ignoredFiles = others
         result.recovery.segmentFiles = files.count
         var offsets: [Int] = []
-        try SegmentScanner.scan(files, firstOp: 1) { finding in
+        try SegmentScanner.scan(files, firstOp: base.op + 1, anchor: base.checksum) { finding in
             switch finding {
             case .segmentStart:
                 offsets = []
@@ -708,6 +788,34 @@ public final class Journal {
         }
         result.recovery.entries = result.segments.reduce(0) { $0 + $1.offsets.count }
         return result
+    }
+
+    /// The base a copied log directory starts from, read from its first
+    /// entry: (0, .zero) when it starts at op 1 (or is empty), else the op
+    /// before its first entry and that entry's parent checksum.
+    /// - Throws: `StorageError.io` when the directory cannot be read.
+    public static func firstEntryBase(directory: String) throws -> (op: OpNumber, checksum: Checksum) {
+        guard let first = try SegmentScanner.list(directory).segments.first, first.firstOp > 1 else { return (0, .zero) }
+        var base: (op: OpNumber, checksum: Checksum) = (0, .zero)
+        try SegmentScanner.scan([first], firstOp: nil) { finding in
+            if case .entry(let entry, _) = finding {
+                base = (entry.op - 1, entry.parent)
+                return false
+            }
+            return true
+        }
+        return base
+    }
+
+    /// Removes (and syncs away) the segment files in `directory` whose first
+    /// op is at or below `baseOp`; nothing when `baseOp` is 0.
+    /// - Returns: the names removed.
+    static func removeSegments(in directory: String, through baseOp: OpNumber) throws -> [String] {
+        guard baseOp > 0 else { return [] }
+        let stale = try SegmentScanner.list(directory).segments.filter { $0.firstOp <= baseOp }
+        for file in stale { try FileIO.remove(file.path) }
+        if !stale.isEmpty { try FileIO.syncDirectory(directory) }
+        return stale.map(\.name)
     }
 
     /// Applies what the scan decided: cut a torn tail, report corruption.

@@ -66,13 +66,17 @@ enum SegmentScanner {
 
     /// Walks `files` in order, reporting each finding to `visit`, which
     /// returns false to stop the scan.
-    /// - Parameter firstOp: the op the log must begin at (1 for a log kept
-    ///   whole); nil accepts the first segment's own first op, with an
-    ///   unknown parent (a log that begins after a checkpoint).
-    static func scan(_ files: [SegmentFile], firstOp: OpNumber?, visit: (SegmentFinding) throws -> Bool) rethrows {
+    /// - Parameters:
+    ///   - firstOp: the op the log must begin at (1 for a log kept whole,
+    ///     base + 1 for one compacted or installed by state transfer); nil
+    ///     accepts the first segment's own first op.
+    ///   - anchor: the checksum the first entry's parent must equal (the
+    ///     base entry's); nil for unknown. A log from op 1 chains onto zero.
+    static func scan(_ files: [SegmentFile], firstOp: OpNumber?, anchor: Checksum? = nil,
+                     visit: (SegmentFinding) throws -> Bool) rethrows {
         var expected: OpNumber? = firstOp
         // The checksum the next entry's parent must equal, when known.
-        var previous: Checksum? = firstOp == 1 ? .zero : nil
+        var previous: Checksum? = anchor ?? (firstOp == 1 ? .zero : nil)
         var lastOp: OpNumber = (firstOp ?? 1) &- 1
         for (index, file) in files.enumerated() {
             let isLast = index == files.count - 1

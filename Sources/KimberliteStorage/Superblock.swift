@@ -48,6 +48,14 @@ public struct SuperblockState: Equatable, Sendable, Codable {
     /// refused this node: it was left out (a force-leader elsewhere) and
     /// serves and votes in nothing from then on; 0 while it is not.
     public var supersededByEpoch: UInt64 = 0
+    /// The op just before the journal's first entry: 0 for a log kept from
+    /// op 1, else the op through which the log was compacted or the
+    /// checkpoint a state transfer installed. Written before any segment at
+    /// or below it is deleted.
+    public var logBaseOp: OpNumber = 0
+    /// The checksum of entry `logBaseOp` (the anchor the journal's first
+    /// entry chains onto); `.zero` when `logBaseOp` is 0.
+    public var logBaseChecksum: Checksum = .zero
 
     public init(clusterName: String, nodeID: NodeID, view: ViewNumber = 0, logView: ViewNumber = 0,
                 commitNumber: OpNumber = 0, epoch: UInt64 = 0, members: [NodeID]) {
@@ -199,15 +207,25 @@ public final class Superblock {
         writer.write(state.epoch)
         writer.writeBlob(state.members)
         writer.write(state.recoveryTarget)
-        writer.write(UInt8((state.formed ? 1 : 0) | (state.logStarted ? 2 : 0) | (state.recovering ? 4 : 0)
-                           | (state.divergence != nil ? 8 : 0) | (state.newestSegmentOp > 0 ? 16 : 0)
-                           | (state.supersededByEpoch > 0 ? 32 : 0)))
+        var flags: UInt8 = 0
+        if state.formed { flags |= 1 }
+        if state.logStarted { flags |= 2 }
+        if state.recovering { flags |= 4 }
+        if state.divergence != nil { flags |= 8 }
+        if state.newestSegmentOp > 0 { flags |= 16 }
+        if state.supersededByEpoch > 0 { flags |= 32 }
+        if state.logBaseOp > 0 { flags |= 64 }
+        writer.write(flags)
         if let divergence = state.divergence {
             writer.write(divergence.op)
             writer.write(divergence.peer)
         }
         if state.newestSegmentOp > 0 { writer.write(state.newestSegmentOp) }
         if state.supersededByEpoch > 0 { writer.write(state.supersededByEpoch) }
+        if state.logBaseOp > 0 {
+            writer.write(state.logBaseOp)
+            writer.writeRaw(state.logBaseChecksum.bytes)
+        }
         return writer.bytes
     }
 
@@ -261,13 +279,17 @@ public final class Superblock {
                 members: try body.readBlob(limit: 256))
             state.recoveryTarget = try body.read()
             let flags: UInt8 = try body.read()
-            guard flags & ~63 == 0 else { slot.problem = "unknown flags \(flags)"; return slot }
+            guard flags & ~127 == 0 else { slot.problem = "unknown flags \(flags)"; return slot }
             state.formed = flags & 1 != 0
             state.logStarted = flags & 2 != 0
             state.recovering = flags & 4 != 0
             if flags & 8 != 0 { state.divergence = Divergence(op: try body.read(), peer: try body.read()) }
             if flags & 16 != 0 { state.newestSegmentOp = try body.read() }
             if flags & 32 != 0 { state.supersededByEpoch = try body.read() }
+            if flags & 64 != 0 {
+                state.logBaseOp = try body.read()
+                state.logBaseChecksum = Checksum(bytes: try body.readRaw(count: 32))
+            }
             guard body.isAtEnd else { slot.problem = "trailing bytes in state"; return slot }
             slot.state = state
         } catch {

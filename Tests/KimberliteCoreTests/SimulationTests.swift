@@ -39,6 +39,9 @@ import Testing
                 totals.restores += statistics.restores
                 totals.memoryReleases += statistics.memoryReleases
                 totals.journalReads += statistics.journalReads
+                totals.checkpoints += statistics.checkpoints
+                totals.compactions += statistics.compactions
+                totals.stateTransfers += statistics.stateTransfers
             }
             return (totals, nil)
         }
@@ -46,7 +49,7 @@ import Testing
             Issue.record(Comment(rawValue: failure))
             return
         }
-        print("simulation seeds \(seeds): view changes \(totals.viewChanges), crashes \(totals.crashes), partitions \(totals.partitions), lost logs \(totals.logLosses), wiped data directories \(totals.wipes), acknowledged writes \(totals.acknowledged), prepared from a full pipeline's queue \(totals.preparedFromQueue), disk-full spells \(totals.diskFullSpells), appends refused by a full disk \(totals.failedAppends), restored from an older copy \(totals.restores), repairs served from the journal \(totals.journalReads)")
+        print("simulation seeds \(seeds): view changes \(totals.viewChanges), crashes \(totals.crashes), partitions \(totals.partitions), lost logs \(totals.logLosses), wiped data directories \(totals.wipes), acknowledged writes \(totals.acknowledged), prepared from a full pipeline's queue \(totals.preparedFromQueue), disk-full spells \(totals.diskFullSpells), appends refused by a full disk \(totals.failedAppends), restored from an older copy \(totals.restores), repairs served from the journal \(totals.journalReads), checkpoints \(totals.checkpoints), compactions \(totals.compactions), state transfers \(totals.stateTransfers)")
         // A range that saw no faults tested nothing.
         #expect(totals.viewChanges > 0, "no view change happened in seeds \(seeds)")
         #expect(totals.crashes > 0, "no crash-restart happened in seeds \(seeds)")
@@ -56,6 +59,8 @@ import Testing
         #expect(totals.failedAppends > 0, "no append met a full disk in seeds \(seeds)")
         #expect(totals.restores > 0, "no replica was restored from an older copy in seeds \(seeds)")
         #expect(totals.journalReads > 0, "no repair was served from the journal (ops below the memory floor) in seeds \(seeds)")
+        #expect(totals.compactions > 0, "no journal was compacted in seeds \(seeds)")
+        #expect(totals.stateTransfers > 0, "no replica received a checkpoint by state transfer in seeds \(seeds)")
         #expect(totals.preparedFromQueue > 0, "no primary queued a request behind a full pipeline in seeds \(seeds)")
     }
 

@@ -22,6 +22,10 @@ struct Simulator {
         var maxUncommittedOps = 1024
         /// Its queue bound (`ReplicaConfiguration.maxQueuedRequests`).
         var maxQueuedRequests = 4096
+        /// Segments below each replica's checkpoint are deleted now and
+        /// then (`[storage] compaction = true`), so lagging and wiped
+        /// replicas need state transfer.
+        var compaction = true
         var trace = false
     }
 
@@ -52,14 +56,31 @@ struct Simulator {
         /// Requests a primary prepared from its queue once commits made room.
         var preparedFromQueue = 0
         var committedOps: OpNumber = 0
+        /// Checkpoints taken, journals compacted below one, and checkpoints
+        /// installed by state transfer.
+        var checkpoints = 0
+        var compactions = 0
+        var stateTransfers = 0
     }
 
     private struct Node {
         var replica: Replica
         var up = true
-        /// What the journal holds, durable and not; `synced` entries are durable.
+        /// What the journal holds after its base, durable and not; the first
+        /// `synced` entries are durable. `disk[i]` is op `base.op + i + 1`.
         var disk: [LogEntry] = []
         var synced = 0
+        /// The op before the journal's first entry and its checksum (moved
+        /// up by compaction and state transfer; in the superblock).
+        var base: (op: OpNumber, checksum: Checksum) = (0, .zero)
+        /// The newest checkpoint: a committed, applied op and its checksum.
+        var checkpoint: (op: OpNumber, checksum: Checksum)? = nil
+        var diskOp: OpNumber { base.op + OpNumber(disk.count) }
+        func journal(_ op: OpNumber) -> LogEntry? {
+            op > base.op && op <= diskOp ? disk[Int(op - base.op - 1)] : nil
+        }
+        /// The checksum of `op` as this disk knows it (the base's, or the entry's).
+        func checksum(_ op: OpNumber) -> Checksum? { op == base.op ? base.checksum : journal(op)?.checksum }
         /// The superblock: the last durable record written (nil in a new
         /// or wiped data directory).
         var superblock: DurableRecord? = nil
@@ -76,7 +97,7 @@ struct Simulator {
         var diskFullUntil = 0
         /// An older copy of the data directory (an operator's backup): what
         /// was durable then, the superblock and the projection's applied op.
-        var backup: (disk: [LogEntry], superblock: DurableRecord?, appliedOp: OpNumber)? = nil
+        var backup: (disk: [LogEntry], base: (op: OpNumber, checksum: Checksum), superblock: DurableRecord?, appliedOp: OpNumber)? = nil
         var waiters: [UInt64: (client: Int, op: OpNumber, checksum: Checksum)] = [:]
         var restarts = 0
     }
@@ -110,6 +131,8 @@ struct Simulator {
     private var faultsActive = true
     private var clientsStopped = false
     private var traceLines: [String] = []
+    /// Checkpoints on their way to a replica by state transfer.
+    private var transfers: [(deliverAt: Int, from: NodeID, to: NodeID, op: OpNumber, checksum: Checksum)] = []
 
     init(seed: UInt64, options: Options = Options()) {
         self.seed = seed
@@ -203,11 +226,21 @@ struct Simulator {
             guard nodes[index].up, !blocked(message.from, message.to) else { continue }
             try feed(index, .message(message.message, from: message.from))
         }
+        // State transfers complete (a kill of either side loses this one;
+        // the requester asks again and gets a new one).
+        let dueTransfers = transfers.filter { $0.deliverAt <= tick }
+        transfers.removeAll { $0.deliverAt <= tick }
+        for transfer in dueTransfers {
+            let index = Int(transfer.to) - 1
+            guard nodes[index].up, nodes[Int(transfer.from) - 1].up, !blocked(transfer.from, transfer.to) else { continue }
+            try install(index, transfer.op, transfer.checksum, from: transfer.from)
+        }
         // Disk syncs complete at random (a superblock write syncs the journal too).
         for index in nodes.indices where nodes[index].up {
             if nodes[index].synced < nodes[index].disk.count, chance(0.6) { nodes[index].synced = nodes[index].disk.count }
-            if OpNumber(nodes[index].synced) > nodes[index].replica.durableOp {
-                try feed(index, .persisted(throughOp: OpNumber(nodes[index].synced)))
+            let syncedOp = nodes[index].base.op + OpNumber(nodes[index].synced)
+            if syncedOp > nodes[index].replica.durableOp {
+                try feed(index, .persisted(throughOp: syncedOp))
             }
             // The runtime refreshes the superblock's commit number now and then.
             if chance(0.05) { try refreshCommitHint(index) }
@@ -220,8 +253,14 @@ struct Simulator {
             // Now and then the operator backs up the data directory.
             if chance(0.005) {
                 let disk = Array(nodes[index].disk.prefix(nodes[index].synced))
-                nodes[index].backup = (disk, nodes[index].superblock, min(nodes[index].appliedOp, OpNumber(disk.count)))
+                let base = nodes[index].base
+                nodes[index].backup = (disk, base, nodes[index].superblock,
+                                       max(base.op, min(nodes[index].appliedOp, base.op + OpNumber(disk.count))))
             }
+            // The checkpointer: the projection applied what is committed,
+            // and a copy of it is taken; with compaction, the journal then
+            // drops what lies wholly below the checkpoint.
+            if chance(0.02) { try takeCheckpoint(index) }
         }
         for index in nodes.indices where nodes[index].up { try feed(index, .tick) }
         try driveClients()
@@ -288,7 +327,8 @@ struct Simulator {
         node.disk.removeSubrange((node.synced + kept)...)
         node.synced = node.disk.count
         // The projection has applied some prefix of what was committed.
-        node.appliedOp = max(node.appliedOp, OpNumber.random(in: node.appliedOp...max(node.appliedOp, node.replica.commitNumber), using: &rng))
+        node.appliedOp = max(node.appliedOp, node.base.op,
+                             OpNumber.random(in: node.appliedOp...max(node.appliedOp, node.replica.commitNumber), using: &rng))
         // Sometimes the journal itself is lost or corrupt (an operator's
         // `rm -rf log/*`, a bad disk): only while at most f replicas are
         // faulty (down, or recovering what they lost), as VSR assumes.
@@ -302,6 +342,8 @@ struct Simulator {
             // comes back as a brand-new one and must not pass for one.
             node.disk.removeAll()
             node.synced = 0
+            node.base = (0, .zero)
+            node.checkpoint = nil
             node.superblock = nil
             node.appliedOp = 0
             node.journalLostEntries = false
@@ -313,6 +355,8 @@ struct Simulator {
             // it: the replica knows it may be behind what it acknowledged.
             node.disk = backup.disk
             node.synced = backup.disk.count
+            node.base = backup.base
+            node.checkpoint = backup.base.op > 0 ? backup.base : nil
             node.superblock = backup.superblock
             node.superblock?.recovering = true
             node.appliedOp = backup.appliedOp
@@ -323,7 +367,7 @@ struct Simulator {
             node.synced = node.disk.count
             node.journalLostEntries = true
             statistics.logLosses += 1
-            log("n\(index + 1) loses its log beyond op \(node.disk.count)")
+            log("n\(index + 1) loses its log beyond op \(node.diskOp)")
         }
         node.up = false
         node.restartAt = tick + Int.random(in: 10...150, using: &rng)
@@ -338,9 +382,11 @@ struct Simulator {
         let configuration = node.replica.configuration
         // The server's own start-up decision, on what this disk holds; like
         // the server, it loads only the journal's tail after some applied op.
-        let floor = chance(0.5) ? Int.random(in: 0...Int(min(node.appliedOp, OpNumber(node.disk.count))), using: &rng) : 0
-        let start = Startup.decide(stored: node.superblock, members: configuration.members, log: Array(node.disk[floor...]),
-                                   logFloor: OpNumber(floor), floorChecksum: floor == 0 ? .zero : node.disk[floor - 1].checksum,
+        let high = max(node.base.op, min(node.appliedOp, node.diskOp))
+        let floor = chance(0.5) ? OpNumber.random(in: node.base.op...high, using: &rng) : node.base.op
+        let start = Startup.decide(stored: node.superblock, members: configuration.members,
+                                   log: Array(node.disk[Int(floor - node.base.op)...]),
+                                   logFloor: floor, floorChecksum: node.checksum(floor)!,
                                    appliedOp: node.appliedOp, journalLostEntries: node.journalLostEntries)
         let durable = start.durable
         nodes[index].journalLostEntries = false
@@ -386,15 +432,28 @@ struct Simulator {
                 nodes[index].superblock = record
             case .truncateLog(let after):
                 // Past the end only when a failed append left the disk short (the journal then does nothing).
-                guard Int(after) <= nodes[index].disk.count || appendFailed else { throw fail("truncate past the end") }
-                if Int(after) < nodes[index].disk.count { nodes[index].disk.removeSubrange(Int(after)...) }
-                nodes[index].synced = min(nodes[index].synced, Int(after))
+                guard after >= nodes[index].base.op else { throw fail("n\(selfID) truncate after op \(after), below its log's base \(nodes[index].base.op)") }
+                let keep = Int(after - nodes[index].base.op)
+                guard keep <= nodes[index].disk.count || appendFailed else { throw fail("truncate past the end") }
+                if keep < nodes[index].disk.count { nodes[index].disk.removeSubrange(keep...) }
+                nodes[index].synced = min(nodes[index].synced, keep)
             case .sendEntriesFromJournal(let to, let view, let commit, let lastOp, let from, let through):
                 // The runtime reads the journal: here, the disk.
-                guard from >= 1, through <= OpNumber(nodes[index].disk.count), from <= through else {
-                    throw fail("n\(selfID) asked to send ops \(from)...\(through) from a journal of \(nodes[index].disk.count)")
+                guard from >= 1, through <= nodes[index].diskOp, from <= through else {
+                    throw fail("n\(selfID) asked to send ops \(from)...\(through) from a journal through \(nodes[index].diskOp)")
                 }
-                let entries = Replica.prefix(nodes[index].disk[Int(from - 1)..<Int(through)], maxBytes: 8 << 20)
+                let base = nodes[index].base.op
+                if from <= base {
+                    // Compacted away: the runtime offers its newest checkpoint instead.
+                    guard let checkpoint = nodes[index].checkpoint, checkpoint.op >= base else {
+                        throw fail("n\(selfID) compacted through \(base) without a checkpoint at or above it")
+                    }
+                    guard !(faultsActive && chance(options.dropProbability)) else { continue }
+                    let delay = Int.random(in: 2...(options.maxDelayTicks * 4), using: &rng)
+                    transfers.append((tick + delay, selfID, to, checkpoint.op, checkpoint.checksum))
+                    continue
+                }
+                let entries = Replica.prefix(nodes[index].disk[Int(from - base - 1)..<Int(through - base)], maxBytes: 8 << 20)
                 statistics.journalReads += 1
                 transmit(.entries(view: view, commit: commit, lastOp: lastOp, entries: entries), from: selfID, to: to)
             case .append(let entries):
@@ -403,8 +462,8 @@ struct Simulator {
                     statistics.failedAppends += 1
                     continue
                 }
-                guard entries.first?.op == OpNumber(nodes[index].disk.count + 1) else {
-                    throw fail("n\(selfID) append of op \(entries.first?.op ?? 0) onto disk of \(nodes[index].disk.count)")
+                guard entries.first?.op == nodes[index].diskOp + 1 else {
+                    throw fail("n\(selfID) append of op \(entries.first?.op ?? 0) onto disk through \(nodes[index].diskOp)")
                 }
                 nodes[index].disk.append(contentsOf: entries)
             case .commit(let through):
@@ -432,17 +491,17 @@ struct Simulator {
             }
         }
         if appendFailed {
-            try feed(index, .appendFailed(journalOp: OpNumber(nodes[index].disk.count)))
+            try feed(index, .appendFailed(journalOp: nodes[index].diskOp))
             return
         }
         // The disk must mirror the replica's log exactly.
         let replica = nodes[index].replica
         let inMemory = replica.entries(from: replica.logFloor + 1, through: replica.op)
-        guard OpNumber(nodes[index].disk.count) == replica.op,
-              inMemory.allSatisfy({ nodes[index].disk[Int($0.op - 1)].checksum == $0.checksum }) else {
-            throw fail("n\(selfID) disk (\(nodes[index].disk.count)) and memory (op \(replica.op), floor \(replica.logFloor)) logs differ")
+        guard nodes[index].diskOp == replica.op, replica.logFloor >= nodes[index].base.op,
+              inMemory.allSatisfy({ nodes[index].journal($0.op)?.checksum == $0.checksum }) else {
+            throw fail("n\(selfID) disk (base \(nodes[index].base.op), through \(nodes[index].diskOp)) and memory (op \(replica.op), floor \(replica.logFloor)) logs differ")
         }
-        guard OpNumber(nodes[index].synced) >= replica.durableOp else {
+        guard nodes[index].base.op + OpNumber(nodes[index].synced) >= replica.durableOp else {
             throw fail("n\(selfID) claims durable \(replica.durableOp) but disk synced \(nodes[index].synced)")
         }
         try checkWaiters(index)
@@ -497,6 +556,53 @@ struct Simulator {
         }
     }
 
+    // MARK: - Checkpoints, compaction and state transfer
+
+    /// Takes a checkpoint at the commit number (the projection applies it
+    /// first), and with compaction on drops the journal below it, after
+    /// letting the replica drop those ops from memory, as the server does.
+    private mutating func takeCheckpoint(_ index: Int) throws {
+        // What the projection can have applied: ops the replica announced as committed.
+        let op = min(nodes[index].replica.commitNumber, nodes[index].checkedCommit)
+        guard op > (nodes[index].checkpoint?.op ?? 0), op > nodes[index].base.op, let checksum = nodes[index].checksum(op) else { return }
+        guard committed[op] == nil || committed[op] == checksum else {
+            throw fail("SAFETY: n\(index + 1) checkpoints op \(op) with a checksum other than the committed one")
+        }
+        nodes[index].appliedOp = max(nodes[index].appliedOp, op)
+        nodes[index].checkpoint = (op, checksum)
+        statistics.checkpoints += 1
+        guard options.compaction, chance(0.5) else { return }
+        try feed(index, .releaseMemory(through: op))
+        // Only what the replica let go of, and only what is durable.
+        let through = min(nodes[index].replica.logFloor, nodes[index].base.op + OpNumber(nodes[index].synced))
+        guard through > nodes[index].base.op, let newChecksum = nodes[index].checksum(through) else { return }
+        let dropped = Int(through - nodes[index].base.op)
+        nodes[index].disk.removeFirst(dropped)
+        nodes[index].synced -= dropped
+        nodes[index].base = (through, newChecksum)
+        statistics.compactions += 1
+        log("n\(index + 1) compacted its journal through op \(through) (checkpoint at \(op))")
+    }
+
+    /// A checkpoint arrives by state transfer: installed only when the
+    /// replica accepts it (as the server asks it first), then the journal
+    /// restarts after it and the projection holds it.
+    private mutating func install(_ index: Int, _ op: OpNumber, _ checksum: Checksum, from: NodeID) throws {
+        guard nodes[index].replica.acceptsState(at: op) else { return }
+        if let known = committed[op], known != checksum {
+            throw fail("SAFETY: n\(from) sent a checkpoint at op \(op) that is not the committed op")
+        }
+        nodes[index].disk.removeAll()
+        nodes[index].synced = 0
+        nodes[index].base = (op, checksum)
+        nodes[index].checkpoint = (op, checksum)
+        nodes[index].appliedOp = max(nodes[index].appliedOp, op)
+        nodes[index].checkedCommit = max(nodes[index].checkedCommit, op)
+        statistics.stateTransfers += 1
+        log("n\(index + 1) installed n\(from)'s checkpoint at op \(op) by state transfer")
+        try feed(index, .stateInstalled(op: op, checksum: checksum))
+    }
+
     // MARK: - Clients
 
     private mutating func driveClients() throws {
@@ -536,21 +642,21 @@ struct Simulator {
         for node in nodes {
             let replica = node.replica
             let disk = node.disk
-            func journal(_ op: OpNumber) -> LogEntry? { op >= 1 && op <= OpNumber(disk.count) ? disk[Int(op - 1)] : nil }
-            for (op, checksum) in committed where op <= replica.commitNumber {
-                guard journal(op)?.checksum == checksum else {
+            // Ops below the base live in the checkpoint: only the base's checksum is left to compare.
+            for (op, checksum) in committed where op <= replica.commitNumber && op >= node.base.op && op > 0 {
+                guard node.checksum(op) == checksum else {
                     throw fail("SAFETY: n\(replica.selfID) holds a different op \(op) than was committed")
                 }
             }
-            for ack in acknowledged {
-                guard journal(ack.op)?.checksum == ack.checksum else {
+            for ack in acknowledged where ack.op >= node.base.op {
+                guard node.checksum(ack.op) == ack.checksum else {
                     throw fail("SAFETY: acknowledged op \(ack.op) missing on n\(replica.selfID); \(stateSummary())")
                 }
             }
             for (index, entry) in disk.enumerated() {
-                guard entry.isIntact, entry.op == OpNumber(index + 1),
-                      entry.parent == (index == 0 ? .zero : disk[index - 1].checksum) else {
-                    throw fail("n\(replica.selfID) log broken at op \(index + 1)")
+                guard entry.isIntact, entry.op == node.base.op + OpNumber(index + 1),
+                      entry.parent == (index == 0 ? node.base.checksum : disk[index - 1].checksum) else {
+                    throw fail("n\(replica.selfID) log broken at op \(node.base.op + OpNumber(index + 1))")
                 }
             }
         }

@@ -13,7 +13,7 @@ struct KimberliteAdmin: AsyncParsableCommand {
         commandName: "kimberlite-admin",
         abstract: "Operate a Kimberlite cluster.",
         version: "kimberlite-admin \(KimberliteNode.version)",
-        subcommands: [Status.self, Verify.self, Health.self, BackupCommand.self, RestoreCommand.self, ForceLeaderCommand.self, Members.self])
+        subcommands: [Status.self, Verify.self, Health.self, BackupCommand.self, RestoreCommand.self, ForceLeaderCommand.self, CompactCommand.self, Members.self])
 }
 
 /// `kimberlite-admin status --server HOST:9090`: every member in one table.

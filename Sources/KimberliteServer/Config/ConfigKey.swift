@@ -4,7 +4,7 @@ import KimberliteStorage
 /// Every key of the config file, with its section, name and value syntax.
 enum ConfigKey: CaseIterable {
     case bindAddress, clusterAddress, nodeID, clusterName, clusterPeers
-    case dataDir, segmentSize, syncMode
+    case dataDir, segmentSize, syncMode, compaction
     case heartbeatInterval, electionTimeoutMin, electionTimeoutMax, maxEntriesPerRPC, maxClockSkew
     case cacheSize, checkpointInterval
     case tlsCert, tlsKey, tlsCA, requireClientCert
@@ -23,7 +23,7 @@ enum ConfigKey: CaseIterable {
     var section: String {
         switch self {
         case .bindAddress, .clusterAddress, .nodeID, .clusterName, .clusterPeers: return "server"
-        case .dataDir, .segmentSize, .syncMode: return "storage"
+        case .dataDir, .segmentSize, .syncMode, .compaction: return "storage"
         case .heartbeatInterval, .electionTimeoutMin, .electionTimeoutMax, .maxEntriesPerRPC, .maxClockSkew: return "consensus"
         case .cacheSize, .checkpointInterval: return "projections"
         case .tlsCert, .tlsKey, .tlsCA, .requireClientCert: return "security"
@@ -43,6 +43,7 @@ enum ConfigKey: CaseIterable {
         case .dataDir: return "data_dir"
         case .segmentSize: return "segment_size"
         case .syncMode: return "sync_mode"
+        case .compaction: return "compaction"
         case .heartbeatInterval: return "heartbeat_interval"
         case .electionTimeoutMin: return "election_timeout_min"
         case .electionTimeoutMax: return "election_timeout_max"
@@ -79,7 +80,7 @@ enum ConfigKey: CaseIterable {
         case .heartbeatInterval, .electionTimeoutMin, .electionTimeoutMax, .maxClockSkew, .requestTimeout: return .duration
         case .slowQueryThreshold, .slowFsyncThreshold: return .threshold
         case .maxEntriesPerRPC, .checkpointInterval, .maxResultRows: return .count
-        case .requireClientCert: return .bool
+        case .requireClientCert, .compaction: return .bool
         case .logLevel: return .logFilter
         case .logFormat: return .logFormat
         }
@@ -202,6 +203,7 @@ extension ConfigKey {
         case (.checkpointInterval, .count(let v)): config.projections.checkpointInterval = v
         case (.maxResultRows, .count(let v)): config.limits.maxResultRows = v
         case (.requireClientCert, .bool(let v)): config.security.requireClientCert = v
+        case (.compaction, .bool(let v)): config.storage.compaction = v
         case (.logFormat, .logFormat(let v)): config.logging.format = v
         case (.logLevel, .logFilter(let bare, let directives)):
             config.logging.level = LogFilter(defaultLevel: bare ?? config.logging.level.defaultLevel, directives: directives)
@@ -230,6 +232,7 @@ extension ConfigKey {
         case .maxRecordSize: return quoted(ConfigValueParser.render(size: config.limits.maxRecordSize))
         case .maxBatchSize: return quoted(ConfigValueParser.render(size: config.limits.maxBatchSize))
         case .syncMode: return quoted(config.storage.syncMode.rawValue)
+        case .compaction: return String(config.storage.compaction)
         case .heartbeatInterval: return quoted(ConfigValueParser.render(duration: config.consensus.heartbeatInterval))
         case .electionTimeoutMin: return quoted(ConfigValueParser.render(duration: config.consensus.electionTimeoutMin))
         case .electionTimeoutMax: return quoted(ConfigValueParser.render(duration: config.consensus.electionTimeoutMax))

@@ -31,6 +31,10 @@ public struct ServerConfig: Sendable, Equatable {
         public var segmentSize = 64 << 20
         /// Default fsync.
         public var syncMode = SyncMode.fsync
+        /// Delete journal segments wholly below the older of the two newest
+        /// checkpoints after each checkpoint (DESIGN.md §2b). Default false:
+        /// every node keeps the whole audit log.
+        public var compaction = false
         public init() {}
     }
 

@@ -35,6 +35,9 @@ final class Checkpointer: @unchecked Sendable {
     /// third of the interval apart), so the replicas of one cluster never
     /// all copy 500 MB at once while the leader needs a quorum of them.
     private let phase: OpNumber
+    /// Called on the checkpoint queue after each new checkpoint with the
+    /// ops of the checkpoints kept, newest first (compaction; set before use).
+    var afterCheckpoint: (([OpNumber]) -> Void)?
 
     /// - Parameters:
     ///   - newestOp: the op of the newest valid checkpoint on disk (0: none).
@@ -95,7 +98,12 @@ final class Checkpointer: @unchecked Sendable {
         }
     }
 
-    /// Releases a pin taken by `takePinned`.
+    /// Pins checkpoint `op` (a state transfer may read it) until `unpin`.
+    func pin(_ op: OpNumber) {
+        lock.withLock { pinned[op, default: 0] += 1 }
+    }
+
+    /// Releases a pin taken by `takePinned` or `pin`.
     func unpin(_ op: OpNumber) {
         lock.withLock {
             pinned[op, default: 1] -= 1
@@ -176,6 +184,7 @@ final class Checkpointer: @unchecked Sendable {
             "op": "\(manifest.op)", "bytes": "\(manifest.bytes)", "duration_ms": "\(Int(elapsed.milliseconds))",
             "path": "\(store.sqlitePath(op: manifest.op))",
         ])
+        if let afterCheckpoint, let kept = try? store.ops() { afterCheckpoint(kept) }
         return manifest
     }
 }

@@ -19,6 +19,15 @@ enum Envelope: Sendable, Equatable {
     case forward(id: UInt64, kind: ForwardKind, body: [UInt8])
     /// The leader's HTTP status and JSON body for a forwarded request.
     case forwardReply(id: UInt64, status: UInt16, body: [UInt8])
+    /// State transfer (DESIGN.md §2b): the primary cannot send the ops a
+    /// backup asked for (compacted away); it offers its newest checkpoint.
+    case stateTransferOffer(StateTransferOffer)
+    /// Receiver → sender: bytes `offset..<offset+length` of checkpoint `op`
+    /// (identified by its SHA-256, hex).
+    case stateTransferRead(op: OpNumber, sha256: String, offset: UInt64, length: UInt32)
+    /// Sender → receiver: those bytes and their CRC32C; `error` (non-empty)
+    /// says why there are none (the checkpoint is gone).
+    case stateTransferChunk(op: OpNumber, offset: UInt64, data: [UInt8], crc32c: UInt32, error: String)
 
     struct Hello: Sendable, Equatable {
         var clusterName: String
@@ -29,6 +38,15 @@ enum Envelope: Sendable, Equatable {
         /// The sender's membership epoch (DESIGN.md §2b): a node of an older
         /// epoch is refused, and one that meets a newer epoch stops serving.
         var epoch: UInt64
+    }
+
+    /// A checkpoint the sender can transfer: its op, hash-chain anchor,
+    /// size (bytes) and SHA-256 (hex), from its manifest.
+    struct StateTransferOffer: Sendable, Equatable {
+        var op: OpNumber
+        var anchor: Checksum
+        var bytes: UInt64
+        var sha256: String
     }
 
     /// Largest frame accepted (bytes); a bigger length prefix closes the connection.
@@ -54,6 +72,14 @@ enum Envelope: Sendable, Equatable {
             writer.write(UInt8(6)); writer.write(id); writer.write(kind.rawValue); writer.writeBlob(body)
         case .forwardReply(let id, let status, let body):
             writer.write(UInt8(7)); writer.write(id); writer.write(status); writer.writeBlob(body)
+        case .stateTransferOffer(let offer):
+            writer.write(UInt8(8)); writer.write(offer.op); writer.writeRaw(offer.anchor.bytes); writer.write(offer.bytes)
+            writer.writeString(offer.sha256)
+        case .stateTransferRead(let op, let sha256, let offset, let length):
+            writer.write(UInt8(9)); writer.write(op); writer.writeString(sha256); writer.write(offset); writer.write(length)
+        case .stateTransferChunk(let op, let offset, let data, let crc, let error):
+            writer.write(UInt8(10)); writer.write(op); writer.write(offset); writer.writeBlob(data); writer.write(crc)
+            writer.writeString(error)
         }
         return writer.bytes
     }
@@ -78,6 +104,15 @@ enum Envelope: Sendable, Equatable {
             guard let kind = ForwardKind(rawValue: rawKind) else { throw DecodeError.invalid("forwarded request kind \(rawKind)") }
             envelope = .forward(id: id, kind: kind, body: try reader.readBlob())
         case 7: envelope = .forwardReply(id: try reader.read(), status: try reader.read(), body: try reader.readBlob())
+        case 8:
+            envelope = .stateTransferOffer(StateTransferOffer(op: try reader.read(), anchor: Checksum(bytes: try reader.readRaw(count: 32)),
+                                                              bytes: try reader.read(), sha256: try reader.readString()))
+        case 9:
+            envelope = .stateTransferRead(op: try reader.read(), sha256: try reader.readString(), offset: try reader.read(),
+                                          length: try reader.read())
+        case 10:
+            envelope = .stateTransferChunk(op: try reader.read(), offset: try reader.read(), data: try reader.readBlob(),
+                                           crc32c: try reader.read(), error: try reader.readString())
         default: throw DecodeError.invalid("envelope tag \(tag)")
         }
         guard reader.isAtEnd else { throw DecodeError.invalid("\(reader.remaining) trailing bytes after envelope") }

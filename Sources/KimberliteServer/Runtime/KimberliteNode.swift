@@ -28,6 +28,8 @@ public final class KimberliteNode: @unchecked Sendable {
     let applier: ApplyEngine
     let checkpointer: Checkpointer
     let backups: BackupService
+    let stateTransferSource: StateTransferSource
+    let stateTransferSink: StateTransferSink
     /// The superblock as start-up left it.
     private let startupSuperblock: SuperblockState
     let api: ClientAPI
@@ -109,6 +111,7 @@ public final class KimberliteNode: @unchecked Sendable {
                         dataDirectory: config.storage.dataDir, forwarder: forwarder)
         let selfMember = members.first { $0.nodeID == selfID }!
         let driverBox = DriverBox()
+        let transferBox = TransferBox()
         let api = self.api
         transport = ClusterTransport(
             selfID: selfID, clusterName: config.server.clusterName, epoch: durable.record.epoch, members: members,
@@ -131,6 +134,12 @@ public final class KimberliteNode: @unchecked Sendable {
                     }
                 case .forwardReply(let id, let status, let body):
                     forwarder.complete(id, APIResponse(status: Int(status), body: body))
+                case .stateTransferOffer(let offer):
+                    transferBox.sink?.offered(offer, by: from)
+                case .stateTransferRead(let op, let sha256, let offset, let length):
+                    transferBox.source?.serve(op: op, sha256: sha256, offset: offset, length: length, to: from)
+                case .stateTransferChunk(let op, let offset, let data, let crc, let error):
+                    transferBox.sink?.chunk(op: op, offset: offset, data: data, crc32c: crc, error: error, from: from)
                 default:
                     break
                 }
@@ -141,6 +150,19 @@ public final class KimberliteNode: @unchecked Sendable {
                                transport: transport, registry: registry, applier: applier, appliedOp: appliedOp,
                                logger: layer("vsr"), metrics: metrics)
         driverBox.driver = driver
+        stateTransferSource = StateTransferSource(store: storage.checkpoints, checkpointer: checkpointer, transport: transport,
+                                                  logger: layer("state_transfer"))
+        stateTransferSink = StateTransferSink(dataDir: dataDirectory.path, transport: transport, driver: driver, applier: applier,
+                                              logger: layer("state_transfer"))
+        transferBox.source = stateTransferSource
+        transferBox.sink = stateTransferSink
+        driver.stateTransferSource = stateTransferSource
+        if config.storage.compaction {
+            // Segments wholly below the older of the two newest checkpoints go (DESIGN.md §2b).
+            checkpointer.afterCheckpoint = { [driver] kept in
+                if kept.count >= 2 { driver.compact(through: kept[1]) }
+            }
+        }
         let transport = self.transport
         transport.onSuperseded = { newerEpoch, peer in
             // Silence first: from now on this node neither votes nor acknowledges.
@@ -266,6 +288,11 @@ public enum NodeStartError: Error, CustomStringConvertible {
 
 private final class DriverBox: @unchecked Sendable {
     var driver: ReplicaDriver?
+}
+
+private final class TransferBox: @unchecked Sendable {
+    var source: StateTransferSource?
+    var sink: StateTransferSink?
 }
 
 /// Keeps the node in the service group; its end starts the shutdown.

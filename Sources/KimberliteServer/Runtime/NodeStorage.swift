@@ -29,7 +29,7 @@ struct NodeStorage {
         let selfID = config.server.nodeID
         let dataDirectory = try DataDirectory(path: config.storage.dataDir)
         let superblock = try dataDirectory.openSuperblock()
-        let stored = try superblock.read()
+        var stored = try superblock.read()
         if let stored, stored.clusterName != config.server.clusterName || stored.nodeID != selfID {
             throw NodeStartError.foreignDataDirectory(
                 path: config.storage.dataDir,
@@ -46,7 +46,8 @@ struct NodeStorage {
         }
         let journal = try dataDirectory.openJournal(segmentSize: config.storage.segmentSize,
                                                     syncMode: SyncMode(rawValue: config.storage.syncMode.rawValue) ?? .fsync,
-                                                    logger: layer("storage"))
+                                                    logger: layer("storage"),
+                                                    base: (stored?.logBaseOp ?? 0, stored?.logBaseChecksum ?? .zero))
         journal.slowFsyncThreshold = config.logging.slowFsyncThreshold
         let journalLostEntries = journal.recovery.corruption != nil
         if let corruption = journal.recovery.corruption {
@@ -73,15 +74,43 @@ struct NodeStorage {
             try rebuildMissingProjection(dataDirectory: dataDirectory, checkpoints: checkpoints, journal: journal, logger: logger)
             projection = try Projection(directory: dataDirectory.projectionsDirectory, logger: layer("projection"))
         }
+        if projection.appliedOp < journal.base.op, var state = stored {
+            // The log starts after ops the projection has not applied: only
+            // a checkpoint at or above the log's base can bring it up.
+            logger.error("the projection is behind the start of the compacted log; rebuilding it from a checkpoint",
+                         metadata: ["applied_op": "\(projection.appliedOp)", "log_base_op": "\(journal.base.op)"])
+            projection.close()
+            let path = dataDirectory.projectionsDirectory + "/projection.sqlite"
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+            try rebuildMissingProjection(dataDirectory: dataDirectory, checkpoints: checkpoints, journal: journal, logger: logger)
+            projection = try Projection(directory: dataDirectory.projectionsDirectory, logger: layer("projection"))
+            if projection.appliedOp < journal.base.op {
+                // No checkpoint covers it: the log is of no use without one;
+                // the node recovers everything from its peers (state transfer).
+                logger.error("no checkpoint covers the compacted log's base; emptying the log and recovering from the cluster",
+                             metadata: ["log_base_op": "\(journal.base.op)"])
+                try journal.reset(to: (0, .zero)) { base in
+                    state.logBaseOp = base.op
+                    state.logBaseChecksum = base.checksum
+                    try superblock.write(state)
+                }
+                stored = state
+            }
+        }
+        if var state = stored, !journalLostEntries {
+            try finishInterruptedInstall(journal: journal, projection: projection, checkpoints: checkpoints, superblock: superblock,
+                                         state: &state, logger: logger)
+            stored = state
+        }
         setAsideCheckpoints(checkpoints, journal: journal, appliedOp: projection.appliedOp, logger: logger)
         // Only the journal's tail is loaded: from a little below the applied
         // op (memory does not grow with the log), so everything not applied
         // yet, and every uncommitted op, is in memory.
         let retained = ReplicaDriver.retainedAppliedOps
-        let floor = min(journal.lastOp, projection.appliedOp > retained ? projection.appliedOp - retained : 0)
-        // One read: from the floor itself when there is one, for its checksum.
+        let floor = max(journal.base.op, min(journal.lastOp, projection.appliedOp > retained ? projection.appliedOp - retained : 0))
+        // One read: from the floor itself when it is an entry, for its checksum.
         var log = try journal.entries(from: max(floor, 1), through: journal.lastOp)
-        let floorChecksum = floor == 0 ? Checksum.zero : log.removeFirst().checksum
+        let floorChecksum = floor == journal.base.op ? journal.base.checksum : log.removeFirst().checksum
 
         let start = Startup.decide(stored: stored?.record, members: members, log: log, logFloor: floor, floorChecksum: floorChecksum,
                                    appliedOp: projection.appliedOp, journalLostEntries: journalLostEntries)
@@ -105,6 +134,28 @@ struct NodeStorage {
         return NodeStorage(dataDirectory: dataDirectory, superblock: superblock, superblockState: superblockState,
                            journal: journal, projection: projection, checkpoints: checkpoints,
                            newestCheckpointOp: (try? checkpoints.ops())?.first ?? 0, durable: durable)
+    }
+
+    /// A state transfer killed after the projection took the checkpoint and
+    /// before the journal restarted after it: the projection is ahead of the
+    /// log and holds exactly a checkpoint of this directory (same op, same
+    /// anchor). The journal restarts after it now, as the transfer would
+    /// have done; the replica fetches the rest from the leader.
+    private static func finishInterruptedInstall(journal: Journal, projection: Projection, checkpoints: CheckpointStore,
+                                                 superblock: Superblock, state: inout SuperblockState, logger: Logger) throws {
+        let applied = projection.appliedOp
+        guard applied > journal.lastOp, let manifest = try? checkpoints.manifest(op: applied),
+              let anchor = Checksum(hex: manifest.anchor),
+              let held = try? Projection.readCheckpointMetadata(path: projection.path), held.op == applied, held.anchor == anchor else { return }
+        var updated = state
+        try journal.reset(to: (applied, anchor)) { base in
+            updated.logBaseOp = base.op
+            updated.logBaseChecksum = base.checksum
+            try superblock.write(updated)
+        }
+        state = updated
+        logger.notice("finished a state transfer interrupted by a restart: the log now starts after the installed checkpoint",
+                      metadata: ["op": "\(applied)"])
     }
 
     /// Checkpoints from a later state of this directory (it was restored

@@ -93,6 +93,8 @@ final class ReplicaDriver: @unchecked Sendable {
     /// Runs on the driver thread after every batch (set before `start()`):
     /// the systemd watchdog ping, so a stuck replica loop stops the pings.
     var afterBatch: (@Sendable () -> Void)?
+    /// Offers a checkpoint to a peer that asked for ops compacted away (set before `start()`).
+    var stateTransferSource: StateTransferSource?
 
     init(replica: Replica, journal: Journal, superblock: Superblock, superblockState: SuperblockState,
          transport: ClusterTransport, registry: RequestRegistry, applier: ApplyEngine, appliedOp: OpNumber,
@@ -145,6 +147,66 @@ final class ReplicaDriver: @unchecked Sendable {
             logger.error("\(supersededReason(epoch: superblockState.epoch, newer: newerEpoch))", metadata: ["peer": "\(peer)"])
             publish()
         })
+    }
+
+    /// Whether the replica would take the committed state through `op` from
+    /// a checkpoint now (`Replica.acceptsState`); false when the driver is
+    /// stopping or does not answer within 10 s.
+    func acceptsState(at op: OpNumber) -> Bool {
+        onDriverThread { [unowned self] in replica.acceptsState(at: op) } ?? false
+    }
+
+    /// Installs a checkpoint of op `op` the projection already holds: the
+    /// journal restarts after it (its base written to the superblock first)
+    /// and the replica is told (`ReplicaEvent.stateInstalled`). Returns
+    /// false when the replica no longer accepts it (nothing changes then).
+    func installState(op: OpNumber, anchor: Checksum) -> Bool {
+        onDriverThread { [unowned self] () -> Bool in
+            guard replica.acceptsState(at: op) else { return false }
+            do {
+                try journal.reset(to: (op, anchor)) { base in try persistLogBase(base) }
+            } catch {
+                fatal("journal reset to the installed checkpoint at op \(op) failed: \(error)")
+            }
+            perform(replica.handle(.stateInstalled(op: op, checksum: anchor)))
+            enqueuedForApply = max(enqueuedForApply, op)
+            committedThrough = max(committedThrough, op)
+            metrics.committed = max(metrics.committed, op)
+            registry.setApplied(max(registry.appliedOp, op))
+            publish()
+            return true
+        } ?? false
+    }
+
+    /// Deletes journal segments wholly at or below `op` (compaction; the
+    /// caller picks an op the projection and a checkpoint cover).
+    func compact(through op: OpNumber) {
+        submit(.inspect { [unowned self] journal, _ in
+            do {
+                try journal.compact(through: op) { base in try persistLogBase(base) }
+            } catch {
+                logger.error("journal compaction failed; the log keeps its segments", metadata: ["through_op": "\(op)", "error": "\(error)"])
+            }
+        })
+    }
+
+    private func persistLogBase(_ base: (op: OpNumber, checksum: Checksum)) throws {
+        superblockState.logBaseOp = base.op
+        superblockState.logBaseChecksum = base.checksum
+        try superblock.write(superblockState)
+    }
+
+    /// Runs `body` on the driver thread and waits (at most 10 s) for its result.
+    private func onDriverThread<T: Sendable>(_ body: @escaping @Sendable () -> T) -> T? {
+        if queue.isStopping { return nil }
+        let done = DispatchSemaphore(value: 0)
+        let result = NIOLockedValueBox<T?>(nil)
+        submit(.inspect { _, _ in
+            result.withLockedValue { $0 = body() }
+            done.signal()
+        })
+        guard done.wait(timeout: .now() + 10) == .success else { return nil }
+        return result.withLockedValue { $0 }
     }
 
     /// Runs `body` on the driver thread with the journal and the durable record, and returns its result.
@@ -219,6 +281,11 @@ final class ReplicaDriver: @unchecked Sendable {
             case .send(let message, let to):
                 transport.send(.vsr(message), to: to)
             case .sendEntriesFromJournal(let to, let view, let commit, let lastOp, let from, let through):
+                if from <= journal.base.op {
+                    // Compacted away: the peer needs a checkpoint (state transfer).
+                    stateTransferSource?.offer(to: to, atLeast: journal.base.op)
+                    continue
+                }
                 do {
                     let entries = Replica.prefix(try journal.entries(from: from, through: through)[...],
                                                  maxBytes: replica.configuration.maxMessageBytes)
@@ -355,6 +422,8 @@ final class ReplicaDriver: @unchecked Sendable {
         case .staleMessage(let name, let view, let from):
             metrics.messagesRefused.increment()
             logger.trace("ignored message from an older view", metadata: ["message": "\(name)", "message_view": "\(view)", "peer": "\(from)"])
+        case .stateInstalled(let op):
+            logger.info("the replica's log restarts after the installed checkpoint", metadata: ["op": "\(op)", "view": "\(replica.view)"])
         case .recovered(let view, let op):
             logger.notice("Recovering complete: the log is whole again; taking part in the cluster", metadata: ["view": "\(view)", "op": "\(op)"])
         case .formed:
@@ -389,7 +458,13 @@ final class ReplicaDriver: @unchecked Sendable {
 final class ApplyEngine: @unchecked Sendable {
     /// Committed entries applied per SQLite transaction, at most.
     static let entriesPerTransaction = 256
-    private let queue = BatchQueue<LogEntry>()
+    /// Committed entries to apply, and projection replacements (state
+    /// transfer), in order.
+    enum Item {
+        case entry(LogEntry)
+        case replace(checkpoint: String, done: (Result<(op: OpNumber, anchor: Checksum), Error>) -> Void)
+    }
+    private let queue = BatchQueue<Item>()
     private let projection: Projection
     private let registry: RequestRegistry
     private let logger: Logger
@@ -419,21 +494,53 @@ final class ApplyEngine: @unchecked Sendable {
 
     func enqueue(_ entries: [LogEntry]) {
         guard !entries.isEmpty else { return }
-        queue.push(entries)
+        queue.push(entries.map(Item.entry))
+    }
+
+    /// Replaces the projection's contents by the checkpoint at `path`, on
+    /// the apply thread between two chunks, and waits (at most 10 min).
+    /// - Returns: the op and anchor the projection holds now.
+    /// - Throws: what `Projection.replaceContents` throws; `CheckpointRefusal` when stopping.
+    func replaceProjection(withCheckpointAt path: String) throws -> (op: OpNumber, anchor: Checksum) {
+        let done = DispatchSemaphore(value: 0)
+        let outcome = NIOLockedValueBox<Result<(op: OpNumber, anchor: Checksum), Error>?>(nil)
+        queue.push([.replace(checkpoint: path, done: { result in
+            outcome.withLockedValue { $0 = result }
+            done.signal()
+        })])
+        guard done.wait(timeout: .now() + 600) == .success, let result = outcome.withLockedValue({ $0 }) else {
+            throw CheckpointRefusal("the apply thread did not take the checkpoint within 10 minutes")
+        }
+        return try result.get()
     }
 
     private func run() {
         while let batch = queue.next(drainOnStop: true) {
-            let pending = batch.drop(while: { $0.op <= projection.appliedOp })
-            // One SQLite transaction per chunk; chunks bound how long readers
-            // wait to see the first entry of a large batch.
-            for start in stride(from: pending.startIndex, to: pending.endIndex, by: Self.entriesPerTransaction) {
-                let chunk = Array(pending[start..<min(start + Self.entriesPerTransaction, pending.endIndex)])
-                applyRetryingWhileTheDiskIsFull(chunk)
-                checkpointer?.applied(through: projection.appliedOp)
+            var entries: [LogEntry] = []
+            for item in batch {
+                switch item {
+                case .entry(let entry):
+                    entries.append(entry)
+                case .replace(let path, let done):
+                    applyInChunks(entries)
+                    entries.removeAll()
+                    done(Result { try projection.replaceContents(withCheckpointAt: path) })
+                }
             }
+            applyInChunks(entries)
         }
         finished.signal()
+    }
+
+    private func applyInChunks(_ batch: [LogEntry]) {
+        let pending = batch.drop(while: { $0.op <= projection.appliedOp })
+        // One SQLite transaction per chunk; chunks bound how long readers
+        // wait to see the first entry of a large batch.
+        for start in stride(from: pending.startIndex, to: pending.endIndex, by: Self.entriesPerTransaction) {
+            let chunk = Array(pending[start..<min(start + Self.entriesPerTransaction, pending.endIndex)])
+            applyRetryingWhileTheDiskIsFull(chunk)
+            checkpointer?.applied(through: projection.appliedOp)
+        }
     }
 
     /// Applies `chunk` in one transaction. A full disk (SQLITE_FULL) is a

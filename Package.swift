@@ -101,6 +101,7 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "KimberliteServer",
+                "KimberliteProjection",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]

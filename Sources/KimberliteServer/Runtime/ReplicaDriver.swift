@@ -179,11 +179,15 @@ final class ReplicaDriver: @unchecked Sendable {
     }
 
     /// Deletes journal segments wholly at or below `op` (compaction; the
-    /// caller picks an op the projection and a checkpoint cover).
+    /// caller picks an op the projection and a checkpoint cover), and lets
+    /// the replica drop those ops from memory.
     func compact(through op: OpNumber) {
         submit(.inspect { [unowned self] journal, _ in
             do {
                 try journal.compact(through: op) { base in try persistLogBase(base) }
+                // Memory holds no more than the disk: ops at or below the
+                // base are served by state transfer from now on.
+                perform(replica.handle(.releaseMemory(through: journal.base.op)))
             } catch {
                 logger.error("journal compaction failed; the log keeps its segments", metadata: ["through_op": "\(op)", "error": "\(error)"])
             }

@@ -20,6 +20,9 @@ final class StateTransferSource: @unchecked Sendable {
     private let lock = NSLock()
     private var lastOffer: [NodeID: ContinuousClock.Instant] = [:]
     private var pinnedOp: OpNumber?
+    /// Checkpoints checked whole (SHA-256 against the manifest) before their first offer.
+    private var checked: Set<OpNumber> = []
+    private let checksumFailures = Counter(label: "kmb_checksum_failures_total")
     private var missingLog = LogThrottle(every: .seconds(10))
 
     init(store: CheckpointStore, checkpointer: Checkpointer, transport: ClusterTransport, logger: Logger) {
@@ -40,7 +43,7 @@ final class StateTransferSource: @unchecked Sendable {
         }
         guard due else { return }
         queue.async { [self] in
-            guard let op = ((try? store.ops()) ?? []).first(where: { $0 >= base }),
+            guard let op = newestIntactCheckpoint(atLeast: base),
                   let manifest = try? store.manifest(op: op), let anchor = Checksum(hex: manifest.anchor) else {
                 if missingLog.allow() {
                     logger.error("a peer needs ops this journal compacted away, and no checkpoint at or above the journal's base is here to send",
@@ -57,6 +60,25 @@ final class StateTransferSource: @unchecked Sendable {
             logger.debug("offering a checkpoint by state transfer", metadata: ["peer": "\(peer)", "op": "\(op)", "bytes": "\(manifest.bytes)"])
             transport.send(.stateTransferOffer(.init(op: op, anchor: anchor, bytes: UInt64(manifest.bytes), sha256: manifest.sha256)), to: peer)
         }
+    }
+
+    /// The newest checkpoint at or above `base` that checks whole; a damaged
+    /// one is logged, counted and moved aside (never sent).
+    private func newestIntactCheckpoint(atLeast base: OpNumber) -> OpNumber? {
+        for op in (try? store.ops()) ?? [] where op >= base {
+            if checked.contains(op) { return op }
+            do {
+                try store.check(op: op)
+                checked.insert(op)
+                return op
+            } catch {
+                checksumFailures.increment()
+                logger.error("Checksum mismatch: checkpoint is damaged; moved aside, not sent by state transfer",
+                             metadata: ["op": "\(op)", "error": "\(error)"])
+                try? store.quarantine(op: op)
+            }
+        }
+        return nil
     }
 
     /// Answers a `stateTransferRead`: the bytes with their CRC32C, or why there are none.
@@ -85,8 +107,10 @@ final class StateTransferSource: @unchecked Sendable {
 /// (the sender died, a chunk was lost) goes on from the bytes already here
 /// at the next offer of the same checkpoint, or starts over with another.
 final class StateTransferSink: @unchecked Sendable {
-    static let chunkBytes = 4 << 20
-    static let window = 3
+    /// Bytes per chunk request, and requests in flight: 8 MiB × 4 keeps
+    /// loopback busy while the receiver checks and writes the previous one.
+    static let chunkBytes = 8 << 20
+    static let window = 4
     /// A transfer with no progress for this long gives way to another offer.
     static let stallTimeout: Duration = .seconds(5)
     private let dataDir: String

@@ -36,13 +36,7 @@ while (($#)); do
 done
 build_static_release
 cd "$ROOT"
-WORK=$(mktemp -d /tmp/kmb-checkpoint.XXXXXX)
-declare -A pids
-cleanup() {
-    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-    if [ "$keep" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+loopback_workdir kmb-checkpoint "$keep"
 
 # checkpoint_interval has no environment variable: a config file sets it
 # (loopback_node_start sets the rest through the environment).

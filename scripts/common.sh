@@ -30,6 +30,22 @@ wait_for() {
     done
 }
 
+# A scratch directory for a loopback benchmark: sets WORK (under /tmp, named
+# after the prefix) and an empty associative array pids; at exit every pid
+# in pids gets SIGKILL and WORK is removed, or kept (and named) when the
+# second argument is 1.
+loopback_workdir() { # prefix [keep]
+    WORK=$(mktemp -d "/tmp/$1.XXXXXX")
+    LOOPBACK_KEEP=${2:-0}
+    declare -gA pids=()
+    trap loopback_cleanup EXIT
+}
+loopback_cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    if [ "$LOOPBACK_KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+
 # A throwaway three-node cluster on loopback (bench and failover scripts).
 # Node N serves clients on LOOPBACK_BASE+(N-1)*100, peers on that port + 1
 # and operations on LOOPBACK_METRICS_BASE+N, with data in LOOPBACK_WORK/nodeN

@@ -26,10 +26,7 @@ done
 install_dependencies
 cd "$ROOT"
 swift build -c "$configuration" --product kimberlite-server >/dev/null
-WORK=$(mktemp -d /tmp/kmb-failover.XXXXXX)
-declare -A pids
-cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
+loopback_workdir kmb-failover
 
 LOOPBACK_BIN="$ROOT/.build/$configuration/kimberlite-server" LOOPBACK_WORK=$WORK LOOPBACK_BASE=37000 LOOPBACK_METRICS_BASE=39090
 start_node() { loopback_node_start "$1" KMB_LOG_LEVEL=info; pids[$1]=$LOOPBACK_PID; }

@@ -26,13 +26,7 @@ while (($#)); do
 done
 build_static_release
 cd "$ROOT"
-WORK=$(mktemp -d /tmp/kmb-transfer.XXXXXX)
-declare -A pids
-cleanup() {
-    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-    if [ "$keep" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+loopback_workdir kmb-transfer "$keep"
 
 # The fill runs without periodic checkpoints (a 500 MB copy every few
 # writes would measure the disk, not the transfer); the nodes then restart

@@ -148,6 +148,11 @@ struct NodeStorage {
               let anchor = Checksum(hex: manifest.anchor),
               let held = try? Projection.readCheckpointMetadata(path: projection.path), held.op == applied, held.anchor == anchor else { return }
         var updated = state
+        // Whatever the log held past the checkpoint is gone (a log lost
+        // after a checkpoint looks the same): the node recovers before it
+        // votes, so nothing it acknowledged is forgotten (VRR §4.3).
+        updated.recovering = true
+        updated.recoveryTarget = max(updated.recoveryTarget, applied)
         try journal.reset(to: (applied, anchor)) { base in
             updated.logBaseOp = base.op
             updated.logBaseChecksum = base.checksum

@@ -62,10 +62,15 @@ final class StateTransferSource: @unchecked Sendable {
         }
     }
 
-    /// The newest checkpoint at or above `base` that checks whole; a damaged
-    /// one is logged, counted and moved aside (never sent).
+    /// The checkpoint being sent, else the newest at or above `base`, that
+    /// checks whole; a damaged one is logged, counted and moved aside (never sent).
     private func newestIntactCheckpoint(atLeast base: OpNumber) -> OpNumber? {
-        for op in (try? store.ops()) ?? [] where op >= base {
+        // The checkpoint already being sent stays the offer while it covers
+        // the base: a receiver that restarts resumes it instead of starting
+        // over with each newer checkpoint taken meanwhile.
+        let current = lock.withLock { pinnedOp }
+        let ops = ((try? store.ops()) ?? []).sorted { a, b in a == current ? true : b == current ? false : a > b }
+        for op in ops where op >= base {
             if checked.contains(op) { return op }
             do {
                 try store.check(op: op)

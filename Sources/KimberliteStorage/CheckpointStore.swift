@@ -156,10 +156,19 @@ public struct CheckpointStore: Sendable {
         }
         let digest = try Self.sha256(file: temporaryFile)
         let manifest = CheckpointManifest(op: op, anchor: anchor, bytes: digest.bytes, sha256: digest.sha256, createdAtMs: nowMs)
-        try? FileIO.remove(manifestPath(op: op))
-        try FileIO.rename(temporaryFile, sqlitePath(op: op))
-        try writeManifest(manifest)
+        try place(synced: temporaryFile, as: manifest)
         return manifest
+    }
+
+    /// Moves a synced, checked SQLite file into place as checkpoint
+    /// `manifest.op`, then writes its manifest (an existing one goes first,
+    /// so a crash leaves an unfinished copy, never a wrong manifest).
+    /// - Throws: `StorageError` naming the file.
+    func place(synced file: String, as manifest: CheckpointManifest) throws {
+        try? FileIO.remove(manifestPath(op: manifest.op))
+        try FileIO.rename(file, sqlitePath(op: manifest.op))
+        try FileIO.syncDirectory(directory)
+        try writeManifest(manifest)
     }
 
     /// Writes `manifest` for a SQLite file already in place.

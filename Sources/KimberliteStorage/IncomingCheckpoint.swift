@@ -110,10 +110,7 @@ public final class IncomingCheckpoint {
         fd = -1
         try FileIO.makeDirectories(store.directory)
         let manifest = CheckpointManifest(op: op, anchor: anchor, bytes: bytes, sha256: sha256, createdAtMs: nowMs)
-        try? FileIO.remove(store.manifestPath(op: op))
-        try FileIO.rename(path, store.sqlitePath(op: op))
-        try FileIO.syncDirectory(store.directory)
-        try store.writeManifest(manifest)
+        try store.place(synced: path, as: manifest)
         return manifest
     }
 }

@@ -106,19 +106,25 @@ import Testing
         #expect(compactedFrom > 1)
     }
 
-    /// The partial checkpoint file on node `id` and its size, once one holds
-    /// at least one chunk (polled every 2 ms, for at most 60 s).
-    static func partialTransfer(_ cluster: Cluster, _ id: Int) async throws -> (path: String, bytes: Int) {
+    static func fileSize(_ path: String) -> Int {
+        (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int ?? 0
+    }
+
+    /// The partial checkpoint file on node `id` and its size, once it holds
+    /// more than `bytes` (polled every 2 ms, for at most 60 s: a transfer
+    /// must be caught in the middle).
+    static func partialTransfer(_ cluster: Cluster, _ id: Int, largerThan bytes: Int = 0) async throws -> (path: String, bytes: Int) {
         let directory = cluster.nodes[id - 1].dataDir + "/projections/incoming"
         let deadline = ContinuousClock.now + .seconds(60)
         while ContinuousClock.now < deadline {
             for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasSuffix(".partial") {
                 let path = directory + "/" + name
-                if let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int, size > 0 { return (path, size) }
+                let size = fileSize(path)
+                if size > bytes { return (path, size) }
             }
             try await Task.sleep(for: .milliseconds(2))
         }
-        throw Cluster.TimedOut(what: "a state transfer to node \(id) to begin")
+        throw Cluster.TimedOut(what: "a state transfer to node \(id) past \(bytes) bytes")
     }
 
     /// The size of the checkpoint offered, from the "(Y MB)" line's `bytes` field.
@@ -154,24 +160,14 @@ import Testing
         let first = try await Self.partialTransfer(cluster, follower)
         cluster.kill9(follower)
         let offered = try #require(Self.stateTransferLine(cluster, follower).flatMap(Self.offeredBytes))
-        let kept = (try? FileManager.default.attributesOfItem(atPath: first.path))?[.size] as? Int ?? 0
+        let kept = Self.fileSize(first.path)
         #expect(kept < offered, "the transfer was cut before its end (\(kept) of \(offered) bytes)")
         try cluster.restart(follower)
 
         // Kill the sender in the middle, once the resumed transfer is under way.
-        var sender = leader
-        var atStop = 0
-        let deadline = ContinuousClock.now + .seconds(60)
-        while ContinuousClock.now < deadline {
-            let size = (try? FileManager.default.attributesOfItem(atPath: first.path))?[.size] as? Int ?? 0
-            if size > kept {
-                sender = Self.latestSender(cluster, follower) ?? leader
-                cluster.signal(sender, SIGSTOP)
-                atStop = size
-                break
-            }
-            try await Task.sleep(for: .milliseconds(2))
-        }
+        let atStop = try await Self.partialTransfer(cluster, follower, largerThan: kept).bytes
+        let sender = Self.latestSender(cluster, follower) ?? leader
+        cluster.signal(sender, SIGSTOP)
         #expect(atStop > kept && atStop < offered, "the resumed transfer was cut before its end (\(atStop) of \(offered) bytes)")
         cluster.kill9(sender)
         let resumed = cluster.log(of: follower).split(separator: "\n").filter { $0.contains("State transfer from node") }.last.map(String.init) ?? ""

@@ -19,6 +19,8 @@ final class Checkpointer: @unchecked Sendable {
     private let queue = DispatchQueue(label: "kimberlite.checkpoint", qos: .utility)
     private let lock = NSLock()
     private var scheduled = false
+    /// The newest op the apply thread reported applied.
+    private var appliedOp: OpNumber = 0
     private var newestOp: OpNumber
     private var pinned: [OpNumber: Int] = [:]
     private var copies = 0
@@ -58,8 +60,17 @@ final class Checkpointer: @unchecked Sendable {
     /// Called from the apply thread after each applied chunk: schedules a
     /// checkpoint once `interval` ops were applied since the newest one.
     func applied(through op: OpNumber) {
+        lock.withLock { appliedOp = max(appliedOp, op) }
+        scheduleIfDue()
+    }
+
+    /// Starts a periodic checkpoint when one is due and none is running. Also
+    /// called when one finishes: a checkpoint that became due while another
+    /// was being taken must not wait for the next write (an idle cluster
+    /// would otherwise never take it, and compaction would stall behind it).
+    private func scheduleIfDue() {
         let due = lock.withLock { () -> Bool in
-            guard interval > 0, !scheduled, op >= nextDue(after: newestOp) else { return false }
+            guard interval > 0, !scheduled, appliedOp >= nextDue(after: newestOp) else { return false }
             if let retryAfter, ContinuousClock.now < retryAfter { return false }
             scheduled = true
             return true
@@ -69,6 +80,7 @@ final class Checkpointer: @unchecked Sendable {
             do {
                 _ = try take()
                 lock.withLock { scheduled = false; retryAfter = nil }
+                scheduleIfDue()
             } catch {
                 // Tried again after a pause; the log keeps everything meanwhile.
                 lock.withLock { scheduled = false; retryAfter = .now + Self.retryDelay }

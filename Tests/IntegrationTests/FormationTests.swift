@@ -20,7 +20,12 @@ struct FormationTests {
                 cluster.log(of: 1).contains("has not joined the cluster yet") && cluster.log(of: 2).contains("has not joined the cluster yet")
             }
         } catch {
-            Issue.record("\(error)\nnode 1: \(cluster.log(of: 1).suffix(1500))\nnode 2: \(cluster.log(of: 2).suffix(1500))")
+            // Both ends of each log: the start-up lines and the latest.
+            let logs = [1, 2].map { id in
+                let log = cluster.log(of: id)
+                return "node \(id) (\(log.utf8.count) bytes):\n\(log.prefix(2500))\n…\n\(log.suffix(1000))"
+            }
+            Issue.record("\(error)\n\(logs.joined(separator: "\n"))")
             return
         }
         // Each formation round in which a node hears the other but not node 3

@@ -42,6 +42,12 @@ public enum Message: Sendable, Equatable {
     /// cluster formation, but only `isNormal` answers count for §4.3.
     case recoveryResponse(view: ViewNumber, nonce: UInt64, op: OpNumber, commit: OpNumber, isPrimary: Bool, isFresh: Bool,
                           isNormal: Bool)
+    /// VRR §7: the sender is in `epoch` with `members`, and has committed
+    /// through `commit` (at least the reconfiguration that began the
+    /// epoch), whose entry has `commitChecksum`. Sent in answer to a message of an older epoch, so its sender
+    /// learns the epoch and recovers in it, and in answer to a message of a
+    /// newer one, so its sender answers with this message in turn.
+    case epochStarted(epoch: UInt64, members: [NodeID], commit: OpNumber, commitChecksum: Checksum)
 }
 
 /// §4.2 DOVIEWCHANGE: the sender's log state for the new primary.
@@ -87,7 +93,7 @@ extension Message {
             return view
         case .doViewChange(let dvc): return dvc.view
         case .startView(let sv): return sv.view
-        case .recovery: return 0
+        case .recovery, .epochStarted: return 0
         case .recoveryResponse(let view, _, _, _, _, _, _): return view
         }
     }
@@ -106,6 +112,7 @@ extension Message {
         case .entries: return "entries"
         case .recovery: return "recovery"
         case .recoveryResponse: return "recovery_response"
+        case .epochStarted: return "epoch_started"
         }
     }
 
@@ -143,6 +150,10 @@ extension Message {
         case .recoveryResponse(let view, let nonce, let op, let commit, let isPrimary, let isFresh, let isNormal):
             writer.write(UInt8(11)); writer.write(view); writer.write(nonce); writer.write(op); writer.write(commit)
             writer.write(isPrimary); writer.write(isFresh); writer.write(isNormal)
+        case .epochStarted(let epoch, let members, let commit, let commitChecksum):
+            writer.write(UInt8(12)); writer.write(epoch); writer.write(UInt8(members.count))
+            for member in members { writer.write(member) }
+            writer.write(commit); writer.writeRaw(commitChecksum.bytes)
         }
     }
 
@@ -184,6 +195,13 @@ extension Message {
             return .recoveryResponse(view: try reader.read(), nonce: try reader.read(), op: try reader.read(),
                                      commit: try reader.read(), isPrimary: try reader.readBool(), isFresh: try reader.readBool(),
                                      isNormal: try reader.readBool())
+        case 12:
+            let epoch: UInt64 = try reader.read()
+            let count: UInt8 = try reader.read()
+            var members: [NodeID] = []
+            for _ in 0..<count { members.append(try reader.read()) }
+            return .epochStarted(epoch: epoch, members: members, commit: try reader.read(),
+                                 commitChecksum: Checksum(bytes: try reader.readRaw(count: 32)))
         default: throw DecodeError.invalid("message tag \(tag)")
         }
     }

@@ -3,7 +3,9 @@
 /// configuration's durations are converted to ticks once.
 public struct ReplicaConfiguration: Sendable {
     /// Every member's node id, sorted ascending. The primary of view `v` is
-    /// `members[v % members.count]` (VRR §3).
+    /// `members[v % members.count]` (VRR §3). The replica replaces them with
+    /// its durable record's at start and with each committed
+    /// `Reconfiguration` (VRR §7); a replica not among them was removed.
     public var members: [NodeID]
     public var selfID: NodeID
     /// Ticks between heartbeats from the primary (`heartbeat_interval`).
@@ -37,7 +39,6 @@ public struct ReplicaConfiguration: Sendable {
                 maxEntriesPerMessage: Int = 100, repairRetryTicks: Int? = nil) {
         precondition(!members.isEmpty, "a cluster has at least one member")
         precondition(Set(members).count == members.count, "member ids are unique")
-        precondition(members.contains(selfID), "this replica is a member")
         precondition(heartbeatTicks >= 1 && electionTimeoutMinTicks > heartbeatTicks
                      && electionTimeoutMaxTicks >= electionTimeoutMinTicks, "heartbeat < election timeouts")
         self.members = members.sorted()
@@ -63,6 +64,10 @@ public enum ReplicaStatus: String, Sendable {
     /// nothing, votes in nothing and says so until its data directory is
     /// rebuilt (wiped, then recovered from the leader). Kept across restarts.
     case diverged
+    /// A committed reconfiguration removed this replica (VRR §7): it takes
+    /// part in nothing from then on. Kept across restarts (its durable
+    /// members exclude it).
+    case removed
 }
 
 /// Where a diverged replica's log contradicts the cluster's.
@@ -97,11 +102,19 @@ public enum RequestRejection: Sendable, Equatable {
     /// The primary's pipeline and its queue of waiting requests are full
     /// (`maxQueuedRequests` requests, or `maxUncommittedBytes` bytes queued).
     case overloaded(queued: Int)
+    /// A reconfiguration is already in the log, uncommitted (at `op`): one
+    /// membership change at a time (VRR §7).
+    case reconfigurationInProgress(op: OpNumber)
+    /// The reconfiguration does not follow the current membership (`reason`
+    /// says how: not the next epoch, or not exactly one member changed).
+    case invalidReconfiguration(reason: String)
 }
 
 /// Input to the replica.
 public enum ReplicaEvent: Sendable {
-    case message(Message, from: NodeID)
+    /// A message from `from`, stamped with the sender's membership epoch
+    /// (DESIGN.md §2b: every cluster message carries it).
+    case message(Message, from: NodeID, epoch: UInt64)
     /// One tick of time has passed.
     case tick
     /// The journal is durable through `throughOp` (fsynced, or written under async).
@@ -160,11 +173,22 @@ public enum ReplicaNote: Sendable, Equatable {
     /// A fresh replica waits for cluster formation: `fresh` of the `needed`
     /// other members have answered that they hold nothing.
     case awaitingFormation(fresh: Int, needed: Int)
+    /// The reconfiguration at `op` committed: this replica is in `epoch`
+    /// with `members` now (VRR §7).
+    case reconfigured(epoch: UInt64, members: [NodeID], op: OpNumber)
+    /// `from` is in the newer `epoch`, which this replica moved to before
+    /// committing the reconfiguration that began it (it was behind).
+    case epochLearned(epoch: UInt64, from: NodeID)
+    /// This replica is not a member of `epoch`: it stops taking part.
+    case removed(epoch: UInt64)
 }
 
 /// Output of the replica; the runtime performs these in order.
 public enum ReplicaAction: Sendable, Equatable {
-    case send(Message, to: NodeID)
+    /// Send `message` stamped with `epoch` (the replica's epoch when it was
+    /// emitted: a commit sent just before a reconfiguration takes effect
+    /// still belongs to the old epoch).
+    case send(Message, to: NodeID, epoch: UInt64)
     /// Durably record the whole record (superblock), after syncing the
     /// journal it vouches for, before the next action.
     case persistDurable(DurableRecord)
@@ -215,7 +239,7 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
 /// - a backup only acknowledges ops that are durable and verified against
 ///   the primary's log of the current view.
 public struct Replica: Sendable {
-    public let configuration: ReplicaConfiguration
+    public private(set) var configuration: ReplicaConfiguration
     public private(set) var view: ViewNumber
     public private(set) var status: ReplicaStatus
     /// The latest view in which this replica's status was normal (VRR §4.2).
@@ -256,7 +280,8 @@ public struct Replica: Sendable {
     /// record's commit number never goes below it, though a recovering
     /// replica's own commit number restarts lower.
     private let commitFloor: OpNumber
-    private let epoch: UInt64
+    /// Membership epoch (VRR §7): bumped by each committed reconfiguration.
+    public private(set) var epoch: UInt64
     private var recoveryNonce: UInt64 = 0
     private var recoveryResponses: [NodeID: (view: ViewNumber, op: OpNumber, isPrimary: Bool, isFresh: Bool, isNormal: Bool)] = [:]
     /// A fresh replica with nothing on disk, not yet told that the cluster
@@ -319,6 +344,8 @@ public struct Replica: Sendable {
     public init(configuration: ReplicaConfiguration, durable: DurableState, seed: UInt64) {
         let record = durable.record
         self.configuration = configuration
+        // Membership comes from the durable record once there is one.
+        if !record.members.isEmpty { self.configuration.members = record.members }
         self.view = record.view
         self.logView = min(record.logView, record.view)
         self.log = durable.log
@@ -336,7 +363,7 @@ public struct Replica: Sendable {
         self.rng = SplitMix64(seed: seed)
         self.highestTimestamp = durable.log.last?.timestampMs ?? 0
         self.status = record.logView == record.view ? .normal : .viewChange
-        self.formed = record.formed || configuration.members.count == 1
+        self.formed = record.formed || self.configuration.members.count == 1
         self.logStarted = record.logStarted || op > 0
         self.recoveringLostEntries = record.recovering
         self.epoch = record.epoch
@@ -347,6 +374,10 @@ public struct Replica: Sendable {
             // Stays diverged until the operator rebuilds the data directory.
             status = .diverged
             divergence = diverged
+        } else if !self.configuration.members.contains(configuration.selfID) {
+            // Removed by a committed reconfiguration; the record stays as it was.
+            status = .removed
+            recoveryTarget = record.recoveryTarget
         } else if record.recovering || !formed {
             // Lost entries this replica may have acknowledged: it must not
             // vote with, or lead from, a log that forgot them (VRR §4.3).
@@ -357,7 +388,7 @@ public struct Replica: Sendable {
             recoveryTarget = max(record.recoveryTarget, op)
             verifiedOp = min(verifiedOp, op)
             formationPending = !formed && !record.recovering && op == 0 && record.view == 0
-        } else if configuration.members.count == 1 {
+        } else if self.configuration.members.count == 1 {
             // A one-node cluster is its own quorum.
             status = .normal
             logView = view
@@ -426,7 +457,7 @@ public struct Replica: Sendable {
     /// Feeds one event; returns the actions to perform, in order.
     public mutating func handle(_ event: ReplicaEvent) -> [ReplicaAction] {
         actions.removeAll(keepingCapacity: true)
-        if status == .diverged {
+        if status == .diverged || status == .removed {
             onEventWhileDiverged(event)
             checkInvariants()
             return actions
@@ -439,8 +470,8 @@ public struct Replica: Sendable {
         case .appendFailed(let journalOp): onAppendFailed(journalOp: journalOp)
         case .releaseMemory(let through): releaseMemory(through: through)
         case .stateInstalled(let op, let checksum): onStateInstalled(op: op, checksum: checksum)
-        case .message(let message, let from):
-            if configuration.members.contains(from), from != selfID { onMessage(message, from: from) }
+        case .message(let message, let from, let messageEpoch):
+            if from != selfID { receive(message, from: from, epoch: messageEpoch) }
         }
         // The one place the queue is refused: after any event that took this
         // replica out of taking writes, or through a view change (even one
@@ -450,8 +481,8 @@ public struct Replica: Sendable {
         return actions
     }
 
-    /// A diverged replica answers nothing and takes nothing: writes and
-    /// reads are refused, messages and time ignored.
+    /// A diverged (or removed) replica answers nothing and takes nothing:
+    /// writes and reads are refused, messages and time ignored.
     private mutating func onEventWhileDiverged(_ event: ReplicaEvent) {
         switch event {
         case .clientRequests(let requests, _):
@@ -542,13 +573,15 @@ public struct Replica: Sendable {
         precondition(queuedRequests.isEmpty || (takesWrites && queuedInView == view),
                      "only a primary taking writes in this view queues requests")
         precondition((status == .diverged) == (divergence != nil), "diverged exactly when a divergence is recorded")
-        precondition(status == .recovering || status == .diverged || (formed && !recoveringLostEntries),
+        precondition((status == .removed) == !configuration.members.contains(selfID) || status == .diverged,
+                     "removed exactly when not a member")
+        precondition(status == .recovering || status == .diverged || status == .removed || (formed && !recoveringLostEntries),
                      "a replica takes part only once it has joined and holds everything it acknowledged")
         precondition(logStarted || durableOp == 0, "a log with durable entries has started")
     }
 
     private mutating func emit(_ action: ReplicaAction) { actions.append(action) }
-    private mutating func send(_ message: Message, to node: NodeID) { emit(.send(message, to: node)) }
+    private mutating func send(_ message: Message, to node: NodeID) { emit(.send(message, to: node, epoch: epoch)) }
     private mutating func broadcast(_ message: Message) { for node in others { send(message, to: node) } }
 
     /// View changes started in a row without reaching normal status; each
@@ -591,7 +624,7 @@ public struct Replica: Sendable {
                now - requested >= UInt64(configuration.repairRetryTicks) {
                 requestRepair(from: pending.from, op: viewStartRepairOp + 1)
             }
-        case .diverged:
+        case .diverged, .removed:
             break
         case .recovering:
             // A round that has not finished within an election timeout
@@ -727,6 +760,11 @@ public struct Replica: Sendable {
                 emit(.accepted(requestID: request.id, op: preparedOp))
                 continue
             }
+            if let pending = usage.reconfiguration, Reconfiguration.decode(request.payload) != nil {
+                // One membership change at a time: refused now, not queued behind writes.
+                emit(.rejected(requestID: request.id, .reconfigurationInProgress(op: pending)))
+                continue
+            }
             let outcome = queuedRequests.enqueue(request, maxRequests: configuration.maxQueuedRequests,
                                                  maxBytes: configuration.maxUncommittedBytes)
             if outcome == .full { emit(.rejected(requestID: request.id, .overloaded(queued: queuedRequests.count))) }
@@ -761,17 +799,42 @@ public struct Replica: Sendable {
         sendPrepares(newEntries)
     }
 
-    /// Ops and payload bytes prepared but not committed.
-    private func pipelineUsage() -> (ops: Int, bytes: Int) {
-        var bytes = 0
-        for entry in entries(from: commitNumber + 1, through: op) { bytes += entry.payload.count }
-        return (Int(op - commitNumber), bytes)
+    /// Ops and payload bytes prepared but not committed, and the op of an
+    /// uncommitted reconfiguration among them.
+    private func pipelineUsage() -> PipelineUsage {
+        var usage = PipelineUsage(ops: Int(op - commitNumber), bytes: 0, reconfiguration: nil)
+        for entry in entries(from: commitNumber + 1, through: op) {
+            usage.bytes += entry.payload.count
+            if Reconfiguration.decode(entry.payload) != nil { usage.reconfiguration = entry.op }
+        }
+        return usage
+    }
+
+    private struct PipelineUsage {
+        var ops: Int
+        var bytes: Int
+        /// Nothing is prepared after an uncommitted reconfiguration (VRR §7:
+        /// no op of the old epoch follows it).
+        var reconfiguration: OpNumber?
     }
 
     /// Moves queued requests into the log while `usage` leaves room,
     /// collecting the new entries for `sendPrepares`.
-    private mutating func prepareFromQueue(_ usage: inout (ops: Int, bytes: Int), into newEntries: inout [LogEntry]) {
+    private mutating func prepareFromQueue(_ usage: inout PipelineUsage, into newEntries: inout [LogEntry]) {
         while let next = queuedRequests.first {
+            let change = Reconfiguration.decode(next.request.payload)
+            if let pending = usage.reconfiguration {
+                // Writes wait for the change to commit (then for the new
+                // epoch's primary); a second change is refused at once.
+                guard change != nil, let item = queuedRequests.popFirst() else { break }
+                for id in item.ids { emit(.rejected(requestID: id, .reconfigurationInProgress(op: pending))) }
+                continue
+            }
+            if let change, let problem = change.problem(after: configuration.members, epoch: epoch) {
+                guard let item = queuedRequests.popFirst() else { break }
+                for id in item.ids { emit(.rejected(requestID: id, .invalidReconfiguration(reason: problem))) }
+                continue
+            }
             let hasRoom = usage.ops == 0 || (usage.ops < configuration.maxUncommittedOps
                 && usage.bytes + next.request.payload.count <= configuration.maxUncommittedBytes)
             guard hasRoom, let item = queuedRequests.popFirst() else { break }
@@ -801,6 +864,7 @@ public struct Replica: Sendable {
             verifiedOp = op
             usage.ops += 1
             usage.bytes += entry.payload.count
+            if change != nil { usage.reconfiguration = entry.op }
             newEntries.append(entry)
             if let session = request.session {
                 inflightSessions[session.clientID] = (session.requestNumber, entry.op)
@@ -886,6 +950,10 @@ public struct Replica: Sendable {
             if let last = sv.suffix.last, last.op != sv.op { return "the suffix ends at op \(last.op), not at op \(sv.op)" }
         case .recoveryResponse(_, _, let op, let commit, let isPrimary, _, _):
             if isPrimary && commit > op { return "commit \(commit) is beyond the primary's op \(op)" }
+        case .epochStarted(_, let members, _, _):
+            if members.isEmpty || members != members.sorted() || Set(members).count != members.count {
+                return "members \(members) are not distinct ids in ascending order"
+            }
         case .prepareOK, .commitAck, .startViewChange, .requestEntries, .recovery:
             break
         }
@@ -893,10 +961,6 @@ public struct Replica: Sendable {
     }
 
     private mutating func onMessage(_ message: Message, from: NodeID) {
-        if let reason = Self.contradiction(in: message) {
-            emit(.note(.refusedMessage(name: message.name, from: from, reason: reason)))
-            return
-        }
         if status == .recovering {
             onMessageWhileRecovering(message, from: from)
             return
@@ -961,9 +1025,116 @@ public struct Replica: Sendable {
             onDoViewChange(dvc, from: from)
         case .startView(let sv):
             onStartView(sv, from: from)
-        case .recovery, .recoveryResponse:
+        case .recovery, .recoveryResponse, .epochStarted:
             break
         }
+    }
+
+    // MARK: - Epochs (VRR §7)
+
+    /// Every message passes here first: only messages of this replica's
+    /// epoch from its members reach the protocol. A message of an older
+    /// epoch is answered with `epochStarted` (its sender learns the epoch);
+    /// one of a newer epoch is answered the same way, so that its sender
+    /// answers with its own `epochStarted`, which this replica then adopts.
+    private mutating func receive(_ message: Message, from: NodeID, epoch messageEpoch: UInt64) {
+        if let reason = Self.contradiction(in: message) {
+            emit(.note(.refusedMessage(name: message.name, from: from, reason: reason)))
+            return
+        }
+        if case .epochStarted(let newer, let members, let commit, let commitChecksum) = message, newer > epoch {
+            adoptEpoch(newer, members: members, commit: commit, commitChecksum: commitChecksum, from: from)
+            return
+        }
+        if messageEpoch != epoch {
+            send(.epochStarted(epoch: epoch, members: configuration.members, commit: commitNumber,
+                               commitChecksum: checksum(at: commitNumber)), to: from)
+            return
+        }
+        if case .epochStarted = message { return }  // same epoch: nothing to learn
+        guard configuration.members.contains(from) else { return }
+        onMessage(message, from: from)
+    }
+
+    /// `from` is in the newer `epoch` (VRR §7), with `commit` committed
+    /// there. When this replica durably holds that very op (same checksum,
+    /// so the same log through it), everything through it is committed here
+    /// too, and the reconfigurations in it take effect as for any commit.
+    /// When it is still behind, it moves to the epoch as it is: a lagging
+    /// member keeps its log and its vote (its log view is older than that of
+    /// any log holding the reconfiguration, and every quorum of the new
+    /// members includes one that acknowledged it, so a view change never
+    /// chooses a log without it); a recovering one goes on recovering.
+    private mutating func adoptEpoch(_ newer: UInt64, members: [NodeID], commit: OpNumber, commitChecksum: Checksum,
+                                     from: NodeID) {
+        if commit <= durableOp, commit > commitNumber, commit >= logFloor, checksum(at: commit) == commitChecksum {
+            let previous = commitNumber
+            commitNumber = commit
+            knownCommit = max(knownCommit, commit)
+            verifiedOp = max(verifiedOp, commit)
+            emit(.commit(through: commitNumber))
+            adoptCommittedReconfigurations(after: previous)
+        }
+        guard epoch < newer, status != .removed else { return }
+        emit(.note(.epochLearned(epoch: newer, from: from)))
+        epoch = newer
+        configuration.members = members
+        formationPending = false
+        unconfirmedFormation = nil
+        guard members.contains(selfID) else {
+            failPendingReads()
+            resetViewChangeState()
+            becomeRemoved()
+            return
+        }
+        if status == .recovering {
+            recoveryNonce = 0
+            recoveryLeader = nil
+            recoveryResponses.removeAll()
+            repairRequestedAt = nil
+            persistDurableRecord()
+        } else {
+            startViewChange(to: view + 1)
+        }
+    }
+
+    /// Applies every reconfiguration committed after `previous` (VRR §7).
+    /// A primary first tells the old epoch's members the new commit number
+    /// (a heartbeat of the old epoch), so they switch too. Then each member
+    /// of the new epoch starts a view change to the next view (its primary
+    /// is chosen among the new members); a replica left out stops, and a
+    /// recovering one recovers from the new epoch's primary.
+    private mutating func adoptCommittedReconfigurations(after previous: OpNumber) {
+        for entry in entries(from: previous + 1, through: commitNumber) {
+            guard let change = Reconfiguration.decode(entry.payload), change.epoch > epoch else { continue }
+            if status == .normal && isPrimary { sendHeartbeat() }
+            epoch = change.epoch
+            configuration.members = change.members
+            emit(.note(.reconfigured(epoch: epoch, members: change.members, op: entry.op)))
+            unconfirmedFormation = nil
+            guard change.members.contains(selfID) else {
+                failPendingReads()
+                resetViewChangeState()
+                becomeRemoved()
+                return
+            }
+            if status == .recovering {
+                recoveryNonce = 0
+                recoveryLeader = nil
+                recoveryResponses.removeAll()
+                persistDurableRecord()
+            } else {
+                startViewChange(to: view + 1)
+            }
+        }
+    }
+
+    private mutating func becomeRemoved() {
+        status = .removed
+        recoveringLostEntries = false
+        recoveryTarget = 0
+        persistDurableRecord()
+        emit(.note(.removed(epoch: epoch)))
     }
 
     /// Recovering (VRR §4.3, with the disk's help). The replica asks every
@@ -1241,8 +1412,10 @@ public struct Replica: Sendable {
         knownCommit = max(knownCommit, primaryCommit)
         let target = min(knownCommit, verifiedOp, durableOp)
         guard target > commitNumber else { return }
+        let previous = commitNumber
         commitNumber = target
         emit(.commit(through: commitNumber))
+        adoptCommittedReconfigurations(after: previous)
     }
 
     private mutating func onRequestEntries(view v: ViewNumber, from first: OpNumber, requester: NodeID) {
@@ -1288,9 +1461,12 @@ public struct Replica: Sendable {
         // Applied here only once durable here too.
         let quorumOp = min(max(acks[configuration.quorum - 1], knownCommit), durableOp)
         if quorumOp > commitNumber {
+            let previous = commitNumber
             commitNumber = quorumOp
             emit(.commit(through: commitNumber))
             inflightSessions = inflightSessions.filter { $0.value.op > commitNumber }
+            adoptCommittedReconfigurations(after: previous)
+            guard status == .normal, isPrimary else { return }
             prepareQueuedRequests()
         }
         serveConfirmedReads()

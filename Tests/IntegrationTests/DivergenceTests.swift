@@ -133,11 +133,11 @@ import Testing
         peer.send(.hello(.init(clusterName: cluster.clusterName, nodeID: NodeID(leader), clientAddress: "127.0.0.1:1",
                                metricsAddress: "127.0.0.1:1", version: "test", epoch: 0)))
         // A commit beyond the op it reports.
-        peer.send(.vsr(.commit(view: view, commit: op + 1_000_000, commitChecksum: .zero, op: op + 5, sequence: 1)))
+        peer.send(.vsr(.commit(view: view, commit: op + 1_000_000, commitChecksum: .zero, op: op + 5, sequence: 1), epoch: 0))
         // A view change claim whose suffix does not end where it says.
-        peer.send(.vsr(.doViewChange(DoViewChange(view: view + 7, logView: view + 9, op: 3, commit: 9, commitChecksum: .zero, suffix: []))))
+        peer.send(.vsr(.doViewChange(DoViewChange(view: view + 7, logView: view + 9, op: 3, commit: 9, commitChecksum: .zero, suffix: [])), epoch: 0))
         // A prepare whose entry fails its checksum.
-        peer.send(.vsr(.prepare(view: view, commit: 0, entries: [try Self.corruptEntry(op: op + 1, parent: .zero)])))
+        peer.send(.vsr(.prepare(view: view, commit: 0, entries: [try Self.corruptEntry(op: op + 1, parent: .zero)]), epoch: 0))
         try await cluster.waitUntil("node \(target) counts three refused messages", timeout: .seconds(20)) {
             (await cluster.metric(target, "kmb_peer_messages_refused_total") ?? 0) >= refusedBefore + 3
         }

@@ -10,12 +10,12 @@ import Testing
         guard members.count > 1 else { return node }
         let nonce = recoveryNonce(node.handle(.tick))!
         for other in members where other != id {
-            _ = node.handle(.message(fresh(nonce), from: other))
+            _ = node.handle(.message(fresh(nonce), from: other, epoch: 0))
         }
         if node.isPrimary {
             // The backups formed too and acknowledge the primary.
             for other in members where other != id {
-                _ = node.handle(.message(.commitAck(view: 0, sequence: 0, op: 0), from: other))
+                _ = node.handle(.message(.commitAck(view: 0, sequence: 0, op: 0), from: other, epoch: 0))
             }
         }
         return node
@@ -35,7 +35,7 @@ import Testing
     }
 
     func recoveryNonce(_ actions: [ReplicaAction]) -> UInt64? {
-        for case .send(.recovery(let nonce), _) in actions { return nonce }
+        for case .send(.recovery(let nonce), _, _) in actions { return nonce }
         return nil
     }
 
@@ -45,13 +45,13 @@ import Testing
         #expect(node.leader == nil)
         let nonce = recoveryNonce(node.handle(.tick))!
         // A quorum is not enough: a wiped replica would answer "fresh" too.
-        let first = node.handle(.message(fresh(nonce), from: 2))
+        let first = node.handle(.message(fresh(nonce), from: 2, epoch: 0))
         #expect(first.contains(.note(.awaitingFormation(fresh: 1, needed: 2))))
         #expect(node.status == .recovering)
         // An answer to an older round does not count.
-        _ = node.handle(.message(fresh(nonce &+ 1), from: 3))
+        _ = node.handle(.message(fresh(nonce &+ 1), from: 3, epoch: 0))
         #expect(node.status == .recovering)
-        let second = node.handle(.message(fresh(nonce), from: 3))
+        let second = node.handle(.message(fresh(nonce), from: 3, epoch: 0))
         #expect(second.contains(.note(.formed)))
         #expect(node.status == .normal && node.isPrimary && node.view == 0)
         // It prepares nothing until a quorum acknowledges it, so members still
@@ -60,9 +60,9 @@ import Testing
         #expect(early == [.rejected(requestID: 1, .notPrimary(leader: nil))])
         #expect(node.op == 0)
         #expect(node.leader == nil, "not a leader to clients before a quorum acknowledges it")
-        _ = node.handle(.message(.commitAck(view: 0, sequence: 1, op: 0), from: 2))
+        _ = node.handle(.message(.commitAck(view: 0, sequence: 1, op: 0), from: 2, epoch: 0))
         #expect(node.leader == nil, "a quorum is not enough while member 3 may still be forming")
-        _ = node.handle(.message(.commitAck(view: 0, sequence: 1, op: 0), from: 3))
+        _ = node.handle(.message(.commitAck(view: 0, sequence: 1, op: 0), from: 3, epoch: 0))
         #expect(node.leader == 1)
         let later = node.handle(.clientRequests([ClientRequest(id: 2, session: nil, payload: [1])], nowMs: 6))
         #expect(later.contains(.accepted(requestID: 2, op: 1)))
@@ -71,8 +71,8 @@ import Testing
     @Test func memberThatChangedViewsWhileEmptyLetsOthersFormIntoThatView() {
         var node = unformed(2)
         let nonce = recoveryNonce(node.handle(.tick))!
-        _ = node.handle(.message(.recoveryResponse(view: 4, nonce: nonce, op: 0, commit: 0, isPrimary: false, isFresh: true, isNormal: false), from: 1))
-        let actions = node.handle(.message(fresh(nonce), from: 3))
+        _ = node.handle(.message(.recoveryResponse(view: 4, nonce: nonce, op: 0, commit: 0, isPrimary: false, isFresh: true, isNormal: false), from: 1, epoch: 0))
+        let actions = node.handle(.message(fresh(nonce), from: 3, epoch: 0))
         #expect(actions.contains(.note(.formed)))
         #expect(node.status == .viewChange && node.view == 4)
         #expect(actions.contains(.persistDurable(DurableRecord(view: 4, logView: 0, members: [1, 2, 3], formed: true))),
@@ -82,30 +82,30 @@ import Testing
     @Test func replicaThatFindsAFormedClusterRecoversInsteadOfForming() {
         var node = unformed(1)
         let nonce = recoveryNonce(node.handle(.tick))!
-        _ = node.handle(.message(fresh(nonce), from: 2))
+        _ = node.handle(.message(fresh(nonce), from: 2, epoch: 0))
         // Node 3 holds entries: the cluster formed (and node 1 may have been wiped).
-        let actions = node.handle(.message(.recoveryResponse(view: 0, nonce: nonce, op: 0, commit: 4, isPrimary: false, isFresh: false, isNormal: true), from: 3))
+        let actions = node.handle(.message(.recoveryResponse(view: 0, nonce: nonce, op: 0, commit: 4, isPrimary: false, isFresh: false, isNormal: true), from: 3, epoch: 0))
         #expect(!actions.contains(.note(.formed)))
         #expect(node.status == .recovering && !node.formationPending)
         #expect(node.leader == nil)
         // §4.3 needs a quorum of answers from replicas in normal status: the
         // answer of a replica waiting for formation (maybe wiped) does not count.
         let primaryAnswer = node.handle(.message(.recoveryResponse(view: 5, nonce: nonce, op: 7, commit: 7, isPrimary: true,
-                                                                   isFresh: false, isNormal: true), from: 3))
-        #expect(!primaryAnswer.contains { if case .send(.requestEntries, _) = $0 { return true } else { return false } })
+                                                                   isFresh: false, isNormal: true), from: 3, epoch: 0))
+        #expect(!primaryAnswer.contains { if case .send(.requestEntries, _, _) = $0 { return true } else { return false } })
         // It no longer tells others it may form with them.
-        let asked = node.handle(.message(.recovery(nonce: 77), from: 2))
-        #expect(!asked.contains { if case .send(.recoveryResponse, _) = $0 { return true } else { return false } })
+        let asked = node.handle(.message(.recovery(nonce: 77), from: 2, epoch: 0))
+        #expect(!asked.contains { if case .send(.recoveryResponse, _, _) = $0 { return true } else { return false } })
     }
 
     @Test func recoveryAnswersSayWhetherTheSenderHoldsAnything() {
         var waiting = unformed(2)
-        let answer = waiting.handle(.message(.recovery(nonce: 5), from: 1))
-        #expect(answer.contains(.send(fresh(5), to: 1)))
+        let answer = waiting.handle(.message(.recovery(nonce: 5), from: 1, epoch: 0))
+        #expect(answer.contains(.send(fresh(5), to: 1, epoch: 0)))
         var primary = replica(1)
         _ = primary.handle(.clientRequests([ClientRequest(id: 1, session: nil, payload: [1])], nowMs: 5))
-        let after = primary.handle(.message(.recovery(nonce: 6), from: 3))
-        #expect(after.contains(.send(.recoveryResponse(view: 0, nonce: 6, op: 1, commit: 0, isPrimary: true, isFresh: false, isNormal: true), to: 3)))
+        let after = primary.handle(.message(.recovery(nonce: 6), from: 3, epoch: 0))
+        #expect(after.contains(.send(.recoveryResponse(view: 0, nonce: 6, op: 1, commit: 0, isPrimary: true, isFresh: false, isNormal: true), to: 3, epoch: 0)))
     }
 
     @Test func singleNodeCommitsOnItsOwnFsync() {
@@ -167,14 +167,14 @@ import Testing
 
         // Op 1 commits (durable here, acknowledged by backup 2): one slot frees, request 3 is prepared.
         _ = primary.handle(.persisted(throughOp: 2))
-        let commit = primary.handle(.message(.prepareOK(view: 0, op: 1), from: 2))
+        let commit = primary.handle(.message(.prepareOK(view: 0, op: 1), from: 2, epoch: 0))
         #expect(commit.contains(.commit(through: 1)))
         #expect(commit.contains(.accepted(requestID: 3, op: 3)))
-        #expect(commit.contains { if case .send(.prepare(_, _, let entries), 2) = $0 { return entries.map(\.op) == [3] } else { return false } })
+        #expect(commit.contains { if case .send(.prepare(_, _, let entries), 2, _) = $0 { return entries.map(\.op) == [3] } else { return false } })
         #expect(primary.op == 3 && primary.commitNumber == 1)
 
         // Losing the view refuses what is still queued: never prepared, so a retry is safe.
-        let lost = primary.handle(.message(.startViewChange(view: 1), from: 2))
+        let lost = primary.handle(.message(.startViewChange(view: 1), from: 2, epoch: 0))
         #expect(lost.contains(.rejected(requestID: 4, .notPrimary(leader: nil))))
         #expect(lost.contains(.rejected(requestID: 5, .notPrimary(leader: nil))))
         #expect(primary.op == 3, "nothing prepared after the view was lost")
@@ -198,7 +198,7 @@ import Testing
                                              ClientRequest(id: 2, session: nil, payload: [2])], nowMs: 5))
         _ = primary.handle(.persisted(throughOp: 1))
         let dvc = DoViewChange(view: 3, logView: 1, op: 0, commit: 0, commitChecksum: .zero, suffix: [])
-        let actions = primary.handle(.message(.doViewChange(dvc), from: 2))
+        let actions = primary.handle(.message(.doViewChange(dvc), from: 2, epoch: 0))
         #expect(primary.view == 3)
         #expect(answers(actions, [2]) == [.rejected(requestID: 2, .notPrimary(leader: nil))],
                 "request 2 was never prepared: refused, not left waiting for a commit that may never come")
@@ -215,7 +215,7 @@ import Testing
                                                       ClientRequest(id: 4, session: b, payload: [2])], nowMs: 6))
         #expect(answers(retries, [3, 4]) == [.accepted(requestID: 3, op: 1)])
         _ = primary.handle(.persisted(throughOp: 1))
-        let commit = primary.handle(.message(.prepareOK(view: 0, op: 1), from: 2))
+        let commit = primary.handle(.message(.prepareOK(view: 0, op: 1), from: 2, epoch: 0))
         #expect(answers(commit, [2, 4]) == [.accepted(requestID: 2, op: 2), .accepted(requestID: 4, op: 2)])
         #expect(primary.op == 2, "b is logged once")
     }
@@ -250,7 +250,7 @@ import Testing
         let leaders = committedReplica(2, view: 1, count: 2, tag: 9)  // same ops, other contents
         #expect(backup.status == .normal && backup.commitNumber == 2)
         let actions = backup.handle(.message(.commit(view: 1, commit: 2, commitChecksum: leaders.entry(2)!.checksum, op: 2,
-                                                     sequence: 1), from: 2))
+                                                     sequence: 1), from: 2, epoch: 0))
         #expect(backup.status == .diverged)
         #expect(backup.divergence == Divergence(op: 2, peer: 2))
         #expect(actions.contains { if case .note(.diverged(op: 2, peer: 2, _)) = $0 { true } else { false } })
@@ -260,7 +260,7 @@ import Testing
         let write = backup.handle(.clientRequests([ClientRequest(id: 1, session: nil, payload: [1])], nowMs: 1))
         #expect(write == [.rejected(requestID: 1, .notPrimary(leader: nil))])
         #expect(backup.handle(.readRequest(id: 2)) == [.readFailed(id: 2)])
-        #expect(backup.handle(.message(.startViewChange(view: 5), from: 1)).isEmpty, "votes in nothing")
+        #expect(backup.handle(.message(.startViewChange(view: 5), from: 1, epoch: 0)).isEmpty, "votes in nothing")
         // A restart keeps it diverged.
         let restarted = Replica(configuration: backup.configuration,
                                 durable: DurableState(record: backup.durableRecord, log: Array(backup.log), commitHint: 2), seed: 2)
@@ -270,7 +270,7 @@ import Testing
     @Test func matchingCommittedEntryDoesNotDiverge() {
         var backup = committedReplica(3, view: 1, count: 2)
         let leaders = committedReplica(2, view: 1, count: 2)
-        _ = backup.handle(.message(.commit(view: 1, commit: 2, commitChecksum: leaders.entry(2)!.checksum, op: 2, sequence: 1), from: 2))
+        _ = backup.handle(.message(.commit(view: 1, commit: 2, commitChecksum: leaders.entry(2)!.checksum, op: 2, sequence: 1), from: 2, epoch: 0))
         #expect(backup.status == .normal && backup.divergence == nil)
     }
 
@@ -278,12 +278,12 @@ import Testing
         // Node 1 leads view 3 and its log (log view 2, op 2) is chosen; node 2,
         // with an older log view, reports commit 5 (a node restored from an old copy, say).
         var primary = committedReplica(1, view: 2, count: 2)
-        _ = primary.handle(.message(.startViewChange(view: 3), from: 2))
+        _ = primary.handle(.message(.startViewChange(view: 3), from: 2, epoch: 0))
         let claim = DoViewChange(view: 3, logView: 1, op: 5, commit: 5, commitChecksum: .zero, suffix: [])
-        let actions = primary.handle(.message(.doViewChange(claim), from: 2))
+        let actions = primary.handle(.message(.doViewChange(claim), from: 2, epoch: 0))
         #expect(primary.status == .diverged)
         #expect(primary.divergence == Divergence(op: 5, peer: 2))
-        #expect(!actions.contains { if case .send(.startView, _) = $0 { true } else { false } }, "leads nothing")
+        #expect(!actions.contains { if case .send(.startView, _, _) = $0 { true } else { false } }, "leads nothing")
     }
 
     @Test func selfContradictingMessagesAreRefusedBeforeTheyReachAnInvariant() {
@@ -293,14 +293,108 @@ import Testing
                         .prepare(view: 1, commit: 0, entries: []),
                         .entries(view: 1, commit: 7, lastOp: 3, entries: []),
                         .startView(StartView(view: 4, op: 1, commit: 3, suffix: []))] {
-            let actions = backup.handle(.message(message, from: 2))
+            let actions = backup.handle(.message(message, from: 2, epoch: 0))
             #expect(actions.count == 1, "\(message): \(actions)")
             #expect(actions.contains { if case .note(.refusedMessage) = $0 { true } else { false } }, "\(message)")
         }
         #expect(backup.status == .normal && backup.durableRecord == before)
         // A message from an older view is noted as stale, not acted on.
-        let stale = backup.handle(.message(.startViewChange(view: 0), from: 2))
+        let stale = backup.handle(.message(.startViewChange(view: 0), from: 2, epoch: 0))
         #expect(stale.contains(.note(.staleMessage(name: "start_view_change", view: 0, from: 2))))
         #expect(backup.view == 1)
+    }
+}
+
+/// Membership changes (VRR §7): one at a time, committed by the old members,
+/// then the new epoch starts with a view change; other epochs are answered.
+@Suite struct ReconfigurationTests {
+    let base = ReplicaTests()
+
+    func change(_ epoch: UInt64, _ members: [NodeID], id: UInt64) -> ClientRequest {
+        ClientRequest(id: id, session: nil, payload: Reconfiguration(epoch: epoch, members: members, detail: "test").encode())
+    }
+
+    @Test func payloadRoundTripsAndOnlyItsOwnTagDecodes() {
+        let change = Reconfiguration(epoch: 7, members: [4, 1, 2], detail: "{\"4\":\"10.0.0.4:7001\"}")
+        #expect(change.members == [1, 2, 4])
+        #expect(Reconfiguration.decode(change.encode()) == change)
+        #expect(Reconfiguration.decode([1, 0, 0, 0, 0]) == nil, "a write batch is client data")
+        var truncated = change.encode()
+        truncated.removeLast()
+        #expect(Reconfiguration.decode(truncated) == nil)
+        #expect(change.problem(after: [1, 2], epoch: 6) == nil)
+        #expect(change.problem(after: [1, 2], epoch: 5)?.contains("not the next epoch") == true)
+        #expect(change.problem(after: [1], epoch: 6)?.contains("one member at a time") == true)
+    }
+
+    @Test func primaryTakesOneChangeAtATimeAndHoldsWritesBehindIt() {
+        var primary = base.replica(1)
+        let actions = primary.handle(.clientRequests([change(1, [1, 2, 3, 4], id: 1),
+                                                      ClientRequest(id: 2, session: nil, payload: [1, 9]),
+                                                      change(1, [1, 2], id: 3)], nowMs: 5))
+        #expect(base.answers(actions, [1, 2, 3]) == [.accepted(requestID: 1, op: 1),
+                                                     .rejected(requestID: 3, .reconfigurationInProgress(op: 1))],
+                "the write waits behind the change; a second change is refused at once")
+        #expect(primary.op == 1, "nothing of the old epoch follows an uncommitted change")
+        let invalid = primary.handle(.clientRequests([change(5, [1, 2, 3, 4], id: 4)], nowMs: 6))
+        #expect(invalid.contains { if case .rejected(4, .reconfigurationInProgress) = $0 { true } else { false } })
+
+        // The old members commit it: node 1 tells them (a commit of epoch 0),
+        // moves to epoch 1 and starts a view change among the new members;
+        // the waiting write is refused (never logged, a retry is safe).
+        _ = primary.handle(.persisted(throughOp: 1))
+        let commit = primary.handle(.message(.prepareOK(view: 0, op: 1), from: 2, epoch: 0))
+        #expect(commit.contains(.commit(through: 1)))
+        #expect(commit.contains { if case .send(.commit(_, 1, _, _, _), 2, 0) = $0 { true } else { false } })
+        #expect(commit.contains(.note(.reconfigured(epoch: 1, members: [1, 2, 3, 4], op: 1))))
+        #expect(commit.contains(.rejected(requestID: 2, .notPrimary(leader: nil))))
+        #expect(primary.epoch == 1 && primary.configuration.members == [1, 2, 3, 4])
+        #expect(primary.status == .viewChange && primary.view == 1)
+        #expect(commit.contains(.send(.startViewChange(view: 1), to: 4, epoch: 1)), "the joiner takes part in the view change")
+        #expect(primary.durableRecord.epoch == 1 && primary.durableRecord.members == [1, 2, 3, 4])
+    }
+
+    @Test func aChangeThatIsNotOneMemberIsRefused() {
+        var primary = base.replica(1)
+        let actions = primary.handle(.clientRequests([change(1, [1, 4], id: 1)], nowMs: 5))
+        #expect(actions.contains { if case .rejected(1, .invalidReconfiguration(let reason)) = $0 { reason.contains("one member at a time") } else { false } })
+        #expect(primary.op == 0)
+    }
+
+    @Test func removedPrimaryStopsAndAnOldEpochIsToldTheNewOne() {
+        var primary = base.replica(1)
+        _ = primary.handle(.clientRequests([change(1, [2, 3], id: 1)], nowMs: 5))
+        _ = primary.handle(.persisted(throughOp: 1))
+        let commit = primary.handle(.message(.prepareOK(view: 0, op: 1), from: 2, epoch: 0))
+        #expect(commit.contains(.note(.removed(epoch: 1))))
+        #expect(primary.status == .removed && primary.leader == nil)
+        let write = primary.handle(.clientRequests([ClientRequest(id: 9, session: nil, payload: [1, 1])], nowMs: 6))
+        #expect(write == [.rejected(requestID: 9, .notPrimary(leader: nil))])
+
+        // Node 3 missed the commit: a message of epoch 0 reaches a member of
+        // epoch 1, which answers with its epoch and commit; node 3 holds that
+        // op, so it commits it and moves to epoch 1 like any member.
+        var backup = base.replica(3)
+        let prepare = backup.handle(.message(.prepare(view: 0, commit: 0, entries: [primary.entry(1)!]), from: 1, epoch: 0))
+        #expect(prepare.contains(.append([primary.entry(1)!])))
+        _ = backup.handle(.persisted(throughOp: 1))
+        var member2 = base.replica(2)
+        _ = member2.handle(.message(.prepare(view: 0, commit: 1, entries: [primary.entry(1)!]), from: 1, epoch: 0))
+        _ = member2.handle(.persisted(throughOp: 1))
+        #expect(member2.epoch == 1 && member2.configuration.members == [2, 3])
+        let answer = member2.handle(.message(.startViewChange(view: 3), from: 3, epoch: 0))
+        let told = answer.first { if case .send(.epochStarted, 3, 1) = $0 { true } else { false } }
+        guard case .send(let message, _, _)? = told else {
+            Issue.record("an epoch-0 message got no epoch_started: \(answer)")
+            return
+        }
+        let learned = backup.handle(.message(message, from: 2, epoch: 1))
+        #expect(learned.contains(.commit(through: 1)))
+        #expect(backup.epoch == 1 && backup.configuration.members == [2, 3] && backup.status == .viewChange)
+        // A message of the newer epoch, before learning it, is answered the same way (so its sender tells).
+        var late = base.replica(3)
+        let reply = late.handle(.message(.startViewChange(view: 2), from: 2, epoch: 1))
+        #expect(reply.contains { if case .send(.epochStarted(0, [1, 2, 3], _, _), 2, 0) = $0 { true } else { false } })
+        #expect(late.epoch == 0, "nothing of a newer epoch is acted on before the epoch is learned")
     }
 }

@@ -16,8 +16,9 @@ import Testing
     func seedRange(_ seeds: ClosedRange<UInt64>) async throws {
         // On a thread of its own: a CPU-bound loop on the shared cooperative
         // pool would starve the integration tests' waits running beside it.
-        let (totals, failure) = await Self.offPool { () -> (Simulator.Statistics, String?) in
+        let (totals, seedsWithReconfiguration, failure) = await Self.offPool { () -> (Simulator.Statistics, Int, String?) in
             var totals = Simulator.Statistics()
+            var seedsWithReconfiguration = 0
             for seed in seeds {
                 if ProcessInfo.processInfo.environment["KMB_SIM_PRINT"] != nil { print("seed \(seed)") }
                 var simulator = Simulator(seed: seed, options: Self.options(for: seed))
@@ -25,7 +26,7 @@ import Testing
                 do {
                     statistics = try simulator.run()
                 } catch {
-                    return (totals, "\(error)")
+                    return (totals, seedsWithReconfiguration, "\(error)")
                 }
                 totals.viewChanges += statistics.viewChanges
                 totals.crashes += statistics.crashes
@@ -42,14 +43,18 @@ import Testing
                 totals.checkpoints += statistics.checkpoints
                 totals.compactions += statistics.compactions
                 totals.stateTransfers += statistics.stateTransfers
+                totals.reconfigurations += statistics.reconfigurations
+                totals.joins += statistics.joins
+                totals.removals += statistics.removals
+                if statistics.reconfigurations > 0 { seedsWithReconfiguration += 1 }
             }
-            return (totals, nil)
+            return (totals, seedsWithReconfiguration, nil)
         }
         if let failure {
             Issue.record(Comment(rawValue: failure))
             return
         }
-        print("simulation seeds \(seeds): view changes \(totals.viewChanges), crashes \(totals.crashes), partitions \(totals.partitions), lost logs \(totals.logLosses), wiped data directories \(totals.wipes), acknowledged writes \(totals.acknowledged), prepared from a full pipeline's queue \(totals.preparedFromQueue), disk-full spells \(totals.diskFullSpells), appends refused by a full disk \(totals.failedAppends), restored from an older copy \(totals.restores), repairs served from the journal \(totals.journalReads), checkpoints \(totals.checkpoints), compactions \(totals.compactions), state transfers \(totals.stateTransfers)")
+        print("simulation seeds \(seeds): view changes \(totals.viewChanges), crashes \(totals.crashes), partitions \(totals.partitions), lost logs \(totals.logLosses), wiped data directories \(totals.wipes), acknowledged writes \(totals.acknowledged), prepared from a full pipeline's queue \(totals.preparedFromQueue), disk-full spells \(totals.diskFullSpells), appends refused by a full disk \(totals.failedAppends), restored from an older copy \(totals.restores), repairs served from the journal \(totals.journalReads), checkpoints \(totals.checkpoints), compactions \(totals.compactions), state transfers \(totals.stateTransfers), membership changes \(totals.reconfigurations) (\(totals.joins) joins, \(totals.removals) removals; in \(seedsWithReconfiguration) of \(seeds.count) seeds)")
         // A range that saw no faults tested nothing.
         #expect(totals.viewChanges > 0, "no view change happened in seeds \(seeds)")
         #expect(totals.crashes > 0, "no crash-restart happened in seeds \(seeds)")
@@ -62,6 +67,8 @@ import Testing
         #expect(totals.compactions > 0, "no journal was compacted in seeds \(seeds)")
         #expect(totals.stateTransfers > 0, "no replica received a checkpoint by state transfer in seeds \(seeds)")
         #expect(totals.preparedFromQueue > 0, "no primary queued a request behind a full pipeline in seeds \(seeds)")
+        #expect(totals.joins > 0 && totals.removals > 0, "no member joined or none was removed in seeds \(seeds)")
+        #expect(seedsWithReconfiguration * 4 >= seeds.count, "membership changed in only \(seedsWithReconfiguration) of \(seeds.count) seeds \(seeds)")
     }
 
     /// Runs `body` on a new thread (8 MiB stack) and returns its result.

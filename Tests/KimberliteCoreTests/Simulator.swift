@@ -26,6 +26,11 @@ struct Simulator {
         /// then (`[storage] compaction = true`), so lagging and wiped
         /// replicas need state transfer.
         var compaction = true
+        /// Chance per tick that the operator asks for a membership change
+        /// (VRR §7): one spare node beyond `replicaCount` exists; a change
+        /// adds a non-member (wiped first, started once the change commits,
+        /// as a joining server is) or removes a member.
+        var reconfigurationProbability = 0.004
         var trace = false
     }
 
@@ -61,11 +66,18 @@ struct Simulator {
         var checkpoints = 0
         var compactions = 0
         var stateTransfers = 0
+        /// Membership changes committed (new epochs), members added and removed.
+        var reconfigurations = 0
+        var joins = 0
+        var removals = 0
     }
 
     private struct Node {
         var replica: Replica
         var up = true
+        /// A non-member waiting to be started as a joiner once the change
+        /// adding it commits (its data directory is empty).
+        var awaitingJoin = false
         /// What the journal holds after its base, durable and not; the first
         /// `synced` entries are durable. `disk[i]` is op `base.op + i + 1`.
         var disk: [LogEntry] = []
@@ -107,6 +119,7 @@ struct Simulator {
         var from: NodeID
         var to: NodeID
         var message: Message
+        var epoch: UInt64
     }
 
     private struct Client {
@@ -133,13 +146,19 @@ struct Simulator {
     private var traceLines: [String] = []
     /// Checkpoints on their way to a replica by state transfer.
     private var transfers: [(deliverAt: Int, from: NodeID, to: NodeID, op: OpNumber, checksum: Checksum)] = []
+    /// The membership change last asked for, until an epoch reaches it or it is given up.
+    private var pendingChange: (change: Reconfiguration, requestID: UInt64, at: Int)? = nil
+    /// The primary of each (epoch, view) seen in normal status: never two.
+    private var primaries: [String: NodeID] = [:]
+    /// Epochs whose start was counted.
+    private var countedEpochs: Set<UInt64> = []
 
     init(seed: UInt64, options: Options = Options()) {
         self.seed = seed
         self.options = options
         self.rng = SplitMix64(seed: seed)
         let members = (1...options.replicaCount).map { NodeID($0) }
-        for id in members {
+        for id in members + [NodeID(options.replicaCount + 1)] {
             var configuration = ReplicaConfiguration(
                 members: members, selfID: id, heartbeatTicks: 3,
                 electionTimeoutMinTicks: 12, electionTimeoutMaxTicks: 24, maxEntriesPerMessage: 8)
@@ -147,13 +166,21 @@ struct Simulator {
             configuration.maxQueuedRequests = options.maxQueuedRequests
             let start = Startup.decide(stored: nil, members: members, log: [], appliedOp: 0, journalLostEntries: false)
             let replica = Replica(configuration: configuration, durable: start.durable, seed: seed &* 31 &+ UInt64(id))
-            nodes.append(Node(replica: replica, superblock: start.durable.record))
+            // The spare node is not started: it joins when a change adds it.
+            let spare = id > options.replicaCount
+            nodes.append(Node(replica: replica, up: !spare, awaitingJoin: spare, superblock: spare ? nil : start.durable.record))
         }
         clients = (0..<options.clientCount).map { _ in Client(nextTarget: 1) }
     }
 
-    private var members: [NodeID] { (1...options.replicaCount).map { NodeID($0) } }
+    /// The members of the newest epoch any running replica is in.
+    private var members: [NodeID] {
+        let newest = nodes.filter { !$0.awaitingJoin }.max { $0.replica.epoch < $1.replica.epoch }!
+        return newest.replica.configuration.members
+    }
+    /// f of both n and n + 1 members (the membership moves between them).
     private var faultTolerance: Int { (options.replicaCount - 1) / 2 }
+    private func isMember(_ index: Int) -> Bool { members.contains(NodeID(index + 1)) && !nodes[index].awaitingJoin }
 
     private mutating func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &rng) < p }
 
@@ -171,7 +198,7 @@ struct Simulator {
         // Heal: everyone up, no partition, no loss; the cluster must converge.
         faultsActive = false
         isolated.removeAll()
-        for index in nodes.indices where !nodes[index].up { restart(index) }
+        for index in nodes.indices where !nodes[index].up && !nodes[index].awaitingJoin { restart(index) }
         let healDeadline = tick + options.healTicks
         let target = statistics.acknowledged + options.clientCount * 2
         while tick < healDeadline {
@@ -193,16 +220,19 @@ struct Simulator {
     private func stateSummary() -> String {
         nodes.map { node in
             let r = node.replica
-            return "n\(r.selfID){\(node.up ? "up" : "down") \(r.status.rawValue) v\(r.view) lv\(r.logView) op\(r.op) c\(r.commitNumber) d\(r.durableOp) vo\(r.verifiedOp)}"
+            return "n\(r.selfID){\(node.awaitingJoin ? "not joined" : node.up ? "up" : "down") \(r.status.rawValue) e\(r.epoch) v\(r.view) lv\(r.logView) op\(r.op) c\(r.commitNumber) d\(r.durableOp) vo\(r.verifiedOp)}"
         }.joined(separator: " ")
     }
 
+    /// Every member of the newest epoch is up, in it, normal in one view,
+    /// with everything committed; removed and never-joined nodes aside.
     private func converged() -> Bool {
-        let live = nodes.filter(\.up)
-        guard live.count == nodes.count else { return false }
+        let current = members
+        let live = nodes.filter { current.contains($0.replica.selfID) && !$0.awaitingJoin }
+        guard live.allSatisfy(\.up), live.count == current.count else { return false }
         let first = live[0].replica
         return live.allSatisfy { node in
-            node.replica.status == .normal && node.replica.view == first.view
+            node.replica.status == .normal && node.replica.view == first.view && node.replica.epoch == first.epoch
                 && node.replica.commitNumber == first.commitNumber && node.replica.op == node.replica.commitNumber
         } && first.leader != nil
     }
@@ -211,8 +241,8 @@ struct Simulator {
 
     private mutating func step() throws {
         tick += 1
-        if faultsActive { injectFaults() }
-        for index in nodes.indices where !nodes[index].up && tick >= nodes[index].restartAt && faultsActive {
+        if faultsActive { try injectFaults() }
+        for index in nodes.indices where !nodes[index].up && !nodes[index].awaitingJoin && tick >= nodes[index].restartAt && faultsActive {
             restart(index)
         }
         // Deliver due messages, in a seeded order.
@@ -224,7 +254,7 @@ struct Simulator {
         for message in due {
             let index = Int(message.to) - 1
             guard nodes[index].up, !blocked(message.from, message.to) else { continue }
-            try feed(index, .message(message.message, from: message.from))
+            try feed(index, .message(message.message, from: message.from, epoch: message.epoch))
         }
         // State transfers complete (a kill of either side loses this one;
         // the requester asks again and gets a new one).
@@ -284,7 +314,7 @@ struct Simulator {
         isolated.contains(a) != isolated.contains(b)
     }
 
-    private mutating func injectFaults() {
+    private mutating func injectFaults() throws {
         if tick >= partitionEndsAt, !isolated.isEmpty {
             log("partition healed")
             isolated.removeAll()
@@ -302,21 +332,104 @@ struct Simulator {
         if chance(options.crashProbability) {
             let victim = Int.random(in: 0..<nodes.count, using: &rng)
             let otherFaults = nodes.indices.filter { other in
-                other != victim && (!nodes[other].up || nodes[other].diskFullUntil > tick || nodes[other].replica.status == .recovering
+                other != victim && isMember(other) && (!nodes[other].up || nodes[other].diskFullUntil > tick || nodes[other].replica.status == .recovering
                     || nodes[other].journalLostEntries || nodes[other].superblock?.recovering == true)
             }.count
-            if nodes[victim].diskFullUntil <= tick, otherFaults + 1 <= faultTolerance {
+            if nodes[victim].diskFullUntil <= tick, otherFaults + 1 <= faultTolerance, isMember(victim) {
                 nodes[victim].diskFullUntil = tick + Int.random(in: 20...200, using: &rng)
                 statistics.diskFullSpells += 1
                 log("n\(victim + 1) disk full until tick \(nodes[victim].diskFullUntil)")
             }
         }
-        let down = nodes.filter { !$0.up }.count
+        let down = nodes.indices.filter { isMember($0) && !nodes[$0].up }.count
         if down < faultTolerance, chance(options.crashProbability) {
             let candidates = nodes.indices.filter { nodes[$0].up }
             let victim = candidates.randomElement(using: &rng)!
             crash(victim)
         }
+        if pendingChange.map({ tick - $0.at > 400 }) ?? false {
+            // Refused, lost in a view change or still uncommitted: asked again
+            // later (a late commit still starts its joiner).
+            pendingChange = nil
+        }
+        if pendingChange == nil, chance(options.reconfigurationProbability) { try requestReconfiguration() }
+    }
+
+    // MARK: - Membership changes (VRR §7)
+
+    /// The operator adds a non-member or removes a member, through the
+    /// replica that leads the newest epoch.
+    private mutating func requestReconfiguration() throws {
+        let current = members
+        guard let primaryIndex = nodes.indices.first(where: { index in
+            let replica = nodes[index].replica
+            return nodes[index].up && replica.status == .normal && replica.isPrimary && replica.configuration.members == current
+        }) else { return }
+        let epoch = nodes[primaryIndex].replica.epoch
+        var next = current
+        if current.count > options.replicaCount {
+            next.remove(at: Int.random(in: 0..<next.count, using: &rng))
+        } else {
+            let outsiders = nodes.indices.filter { !current.contains(NodeID($0 + 1)) }
+            guard let joiner = outsiders.randomElement(using: &rng) else { return }
+            // A joining server starts from an empty data directory; it is
+            // started once the change commits (the leader tells it so).
+            wipe(joiner)
+            nodes[joiner].up = false
+            nodes[joiner].awaitingJoin = true
+            next.append(NodeID(joiner + 1))
+        }
+        let change = Reconfiguration(epoch: epoch + 1, members: next, detail: "sim")
+        let id = nextRequestID
+        nextRequestID += 1
+        pendingChange = (change, id, tick)
+        log("operator asks n\(primaryIndex + 1) for epoch \(change.epoch) with members \(change.members)")
+        try feed(primaryIndex, .clientRequests([ClientRequest(id: id, session: nil, payload: change.encode())],
+                                                 nowMs: Int64(1_700_000_000_000 + tick * 10)))
+    }
+
+    /// A committed reconfiguration (seen once, at its first commit): its
+    /// joiner is started with the new epoch's membership, as a joining
+    /// server is once the leader accepted it.
+    private mutating func committedReconfiguration(_ change: Reconfiguration) {
+        guard !countedEpochs.contains(change.epoch) else { return }
+        countedEpochs.insert(change.epoch)
+        statistics.reconfigurations += 1
+        if pendingChange?.change.epoch == change.epoch { pendingChange = nil }
+        log("epoch \(change.epoch) committed with members \(change.members)")
+        for index in nodes.indices where nodes[index].awaitingJoin {
+            guard change.members.contains(NodeID(index + 1)) else {
+                // Its change was superseded: it waits for another one.
+                continue
+            }
+            var configuration = nodes[0].replica.configuration
+            configuration.selfID = NodeID(index + 1)
+            configuration.members = change.members
+            let record = DurableRecord(epoch: change.epoch, members: change.members, formed: true)
+            let start = Startup.decide(stored: record, members: change.members, log: [], appliedOp: 0, journalLostEntries: false)
+            nodes[index].replica = Replica(configuration: configuration, durable: start.durable, seed: seed &+ UInt64(tick) &* 13 &+ UInt64(index))
+            nodes[index].superblock = start.durable.record
+            nodes[index].awaitingJoin = false
+            nodes[index].up = true
+            nodes[index].checkedCommit = 0
+            statistics.joins += 1
+            log("n\(index + 1) joins at epoch \(change.epoch)")
+        }
+        // Membership moves between n and n + 1: back to n is a removal.
+        if change.members.count == options.replicaCount { statistics.removals += 1 }
+    }
+
+    /// The whole data directory is gone: a brand-new node's disk.
+    private mutating func wipe(_ index: Int) {
+        nodes[index].disk.removeAll()
+        nodes[index].synced = 0
+        nodes[index].base = (0, .zero)
+        nodes[index].checkpoint = nil
+        nodes[index].superblock = nil
+        nodes[index].appliedOp = 0
+        nodes[index].journalLostEntries = false
+        nodes[index].backup = nil
+        nodes[index].waiters.removeAll()
     }
 
     private mutating func crash(_ index: Int) {
@@ -333,21 +446,16 @@ struct Simulator {
         // `rm -rf log/*`, a bad disk): only while at most f replicas are
         // faulty (down, or recovering what they lost), as VSR assumes.
         let otherFaults = nodes.indices.filter { other in
-            other != index && (!nodes[other].up || nodes[other].replica.status == .recovering || nodes[other].diskFullUntil > tick
+            other != index && isMember(other) && (!nodes[other].up || nodes[other].replica.status == .recovering || nodes[other].diskFullUntil > tick
                 || nodes[other].journalLostEntries || nodes[other].superblock?.recovering == true)
         }.count
         let mayLoseData = otherFaults + 1 <= faultTolerance
         if mayLoseData, chance(0.08) {
             // The whole data directory is gone (a lost volume): the replica
             // comes back as a brand-new one and must not pass for one.
-            node.disk.removeAll()
-            node.synced = 0
-            node.base = (0, .zero)
-            node.checkpoint = nil
-            node.superblock = nil
-            node.appliedOp = 0
-            node.journalLostEntries = false
-            node.backup = nil
+            nodes[index] = node
+            wipe(index)
+            node = nodes[index]
             statistics.wipes += 1
             log("n\(index + 1) loses its whole data directory")
         } else if mayLoseData, let backup = node.backup, chance(0.1) {
@@ -407,6 +515,15 @@ struct Simulator {
             statistics.preparedFromQueue += actions.count { if case .accepted = $0 { true } else { false } }
         }
         try perform(index, actions)
+        // Never two primaries for one view of one epoch.
+        let replica = nodes[index].replica
+        if replica.status == .normal, replica.isPrimary {
+            let key = "\(replica.epoch)/\(replica.view)"
+            if let other = primaries[key], other != replica.selfID {
+                throw fail("SAFETY: n\(other) and n\(replica.selfID) both led view \(replica.view) of epoch \(replica.epoch); \(stateSummary())")
+            }
+            primaries[key] = replica.selfID
+        }
     }
 
     private mutating func perform(_ index: Int, _ actions: [ReplicaAction]) throws {
@@ -416,8 +533,8 @@ struct Simulator {
             // As the runtime does: after a failed append, only the truncations of the list are done.
             if appendFailed, case .truncateLog = action {} else if appendFailed { continue }
             switch action {
-            case .send(let message, let to):
-                transmit(message, from: selfID, to: to)
+            case .send(let message, let to, let epoch):
+                transmit(message, from: selfID, to: to, epoch: epoch)
             case .persistDurable(let record):
                 // Only a recovering replica (which does not vote) may follow a lower view.
                 let stored = nodes[index].superblock
@@ -455,7 +572,8 @@ struct Simulator {
                 }
                 let entries = Replica.prefix(nodes[index].disk[Int(from - base - 1)..<Int(through - base)], maxBytes: 8 << 20)
                 statistics.journalReads += 1
-                transmit(.entries(view: view, commit: commit, lastOp: lastOp, entries: entries), from: selfID, to: to)
+                transmit(.entries(view: view, commit: commit, lastOp: lastOp, entries: entries), from: selfID, to: to,
+                         epoch: nodes[index].replica.epoch)
             case .append(let entries):
                 if faultsActive && nodes[index].diskFullUntil > tick {
                     appendFailed = true
@@ -475,6 +593,7 @@ struct Simulator {
                 log("n\(selfID) accepted request \(requestID) of client \(client) as op \(op)")
             case .rejected(let requestID, let reason):
                 log("n\(selfID) rejected request \(requestID): \(reason)")
+                if pendingChange?.requestID == requestID { pendingChange = nil }
                 if let client = clientIndex(forRequest: requestID) {
                     clients[client].outstanding?.sentAt = -1000
                     if case .notPrimary(let leader?) = reason { clients[client].nextTarget = leader }
@@ -508,12 +627,13 @@ struct Simulator {
     }
 
     /// Puts a message on the network: maybe dropped, delayed, duplicated.
-    private mutating func transmit(_ message: Message, from: NodeID, to: NodeID) {
+    private mutating func transmit(_ message: Message, from: NodeID, to: NodeID, epoch: UInt64) {
         guard !(faultsActive && chance(options.dropProbability)) else { return }
         let delay = Int.random(in: 1...options.maxDelayTicks, using: &rng)
-        network.append(InFlight(deliverAt: tick + delay, from: from, to: to, message: message))
+        network.append(InFlight(deliverAt: tick + delay, from: from, to: to, message: message, epoch: epoch))
         if faultsActive, chance(options.duplicateProbability) {
-            network.append(InFlight(deliverAt: tick + delay + Int.random(in: 1...5, using: &rng), from: from, to: to, message: message))
+            network.append(InFlight(deliverAt: tick + delay + Int.random(in: 1...5, using: &rng), from: from, to: to,
+                                    message: message, epoch: epoch))
         }
     }
 
@@ -534,6 +654,7 @@ struct Simulator {
                 }
             } else {
                 committed[op] = entry.checksum
+                if let change = Reconfiguration.decode(entry.payload) { committedReconfiguration(change) }
             }
             if op > 1, let previous = replica.entry(op - 1), previous.timestampMs > entry.timestampMs {
                 throw fail("timestamp went backwards at op \(op)")
@@ -612,7 +733,7 @@ struct Simulator {
                 if tick - outstanding.sentAt > 40 {
                     let target = clients[client].nextTarget
                     try submit(client, payload: outstanding.payload, to: target)
-                    clients[client].nextTarget = NodeID(Int.random(in: 1...options.replicaCount, using: &rng))
+                    clients[client].nextTarget = NodeID(Int.random(in: 1...nodes.count, using: &rng))
                 }
             } else if !clientsStopped, chance(options.requestProbability) {
                 clients[client].requestNumber += 1
@@ -639,7 +760,12 @@ struct Simulator {
     /// Checked on the journals (the disks), which hold every op; memory
     /// holds only the tail after each replica's floor.
     private func checkFinalState() throws {
-        for node in nodes {
+        let current = members
+        guard nodes.allSatisfy({ !$0.awaitingJoin || !current.contains($0.replica.selfID) }) else {
+            throw fail("a member of the final epoch was never started")
+        }
+        // Removed nodes keep whatever they held when they left.
+        for node in nodes where current.contains(node.replica.selfID) {
             let replica = node.replica
             let disk = node.disk
             // Ops below the base live in the checkpoint: only the base's checksum is left to compare.

@@ -30,6 +30,8 @@ struct APIError: Error, Sendable, Equatable {
         case diverged
         /// 404: an operations resource that does not exist (an unknown or expired backup).
         case notFound = "not_found"
+        /// 409: a membership change is already in the log, uncommitted (one at a time).
+        case membershipChangeInProgress = "membership_change_in_progress"
         /// 500: the node failed at an operation (a checkpoint for a backup); the message says where.
         case operationFailed = "operation_failed"
 
@@ -38,7 +40,7 @@ struct APIError: Error, Sendable, Equatable {
             case .noLeader, .overloaded, .diverged: return 503
             case .outcomeUnknown: return 504
             case .invalidSQL, .nondeterministicSQL, .notReadOnly, .tooManyRows, .invalidRequest: return 400
-            case .applyFailed, .staleRequest, .requestInProgress, .sessionExpired: return 409
+            case .applyFailed, .staleRequest, .requestInProgress, .sessionExpired, .membershipChangeInProgress: return 409
             case .tooLarge: return 413
             case .diskFull: return 507
             case .notFound: return 404

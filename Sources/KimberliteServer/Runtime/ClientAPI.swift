@@ -182,6 +182,10 @@ final class ClientAPI: @unchecked Sendable {
             return error(.requestInProgress, "the session already has request \(outstanding) outstanding")
         case .rejected(.stale(let last)):
             return error(.staleRequest, "request_number is lower than the session's last (\(last))")
+        case .rejected(.reconfigurationInProgress(let op)):
+            return error(.membershipChangeInProgress, "a membership change (op \(op)) has not committed yet; one change at a time")
+        case .rejected(.invalidReconfiguration(let reason)):
+            return error(.invalidRequest, "membership change refused: \(reason)")
         case .timedOut(let op):
             return error(.outcomeUnknown, "no answer within request_timeout; retry with the same request_number", op: op)
         case .replaced(let op):

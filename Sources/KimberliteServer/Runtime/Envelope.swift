@@ -10,7 +10,8 @@ enum Envelope: Sendable, Equatable {
     /// The receiver refuses the connection; `reason` says why. `epoch` is the
     /// rejecter's membership epoch (a newer one tells the dialler it was superseded).
     case helloReject(reason: String, rejecterID: NodeID, rejecterIsLeader: Bool, epoch: UInt64)
-    case vsr(Message)
+    /// A VSR message and the sender's membership epoch when it sent it.
+    case vsr(Message, epoch: UInt64)
     /// `sentAt` is the sender's wall clock, nanoseconds since the Unix epoch.
     case ping(sentAt: Int64)
     /// Answers a ping: the ping's `sentAt` and the responder's wall clock.
@@ -62,8 +63,8 @@ enum Envelope: Sendable, Equatable {
             writer.writeString(hello.version); writer.write(hello.epoch)
         case .helloReject(let reason, let rejecterID, let isLeader, let epoch):
             writer.write(UInt8(2)); writer.writeString(reason); writer.write(rejecterID); writer.write(isLeader); writer.write(epoch)
-        case .vsr(let message):
-            writer.write(UInt8(3)); message.encode(into: &writer)
+        case .vsr(let message, let epoch):
+            writer.write(UInt8(3)); writer.write(epoch); message.encode(into: &writer)
         case .ping(let sentAt):
             writer.write(UInt8(4)); writer.write(sentAt)
         case .pong(let echo, let responderTime):
@@ -95,7 +96,9 @@ enum Envelope: Sendable, Equatable {
                                     version: try reader.readString(), epoch: try reader.read()))
         case 2: envelope = .helloReject(reason: try reader.readString(), rejecterID: try reader.read(), rejecterIsLeader: try reader.readBool(),
                                         epoch: try reader.read())
-        case 3: envelope = .vsr(try Message.decode(from: &reader))
+        case 3:
+            let epoch: UInt64 = try reader.read()
+            envelope = .vsr(try Message.decode(from: &reader), epoch: epoch)
         case 4: envelope = .ping(sentAt: try reader.read())
         case 5: envelope = .pong(echo: try reader.read(), responderTime: try reader.read())
         case 6:

@@ -122,8 +122,8 @@ public final class KimberliteNode: @unchecked Sendable {
             isLeader: { driverBox.driver?.snapshot.isPrimary ?? false },
             receive: { envelope, from in
                 switch envelope {
-                case .vsr(let message):
-                    driverBox.driver?.submit(.event(.message(message, from: from)))
+                case .vsr(let message, let epoch):
+                    driverBox.driver?.submit(.event(.message(message, from: from, epoch: epoch)))
                 case .forward(let id, let kind, let body):
                     Task {
                         let response = switch kind {

@@ -282,8 +282,8 @@ final class ReplicaDriver: @unchecked Sendable {
         for action in actions {
             if appendFailed, case .truncateLog = action {} else if appendFailed { continue }
             switch action {
-            case .send(let message, let to):
-                transport.send(.vsr(message), to: to)
+            case .send(let message, let to, let epoch):
+                transport.send(.vsr(message, epoch: epoch), to: to)
             case .sendEntriesFromJournal(let to, let view, let commit, let lastOp, let from, let through):
                 if from <= journal.base.op {
                     // Compacted away: the peer needs a checkpoint (state transfer).
@@ -293,7 +293,7 @@ final class ReplicaDriver: @unchecked Sendable {
                 do {
                     let entries = Replica.prefix(try journal.entries(from: from, through: through)[...],
                                                  maxBytes: replica.configuration.maxMessageBytes)
-                    transport.send(.vsr(.entries(view: view, commit: commit, lastOp: lastOp, entries: entries)), to: to)
+                    transport.send(.vsr(.entries(view: view, commit: commit, lastOp: lastOp, entries: entries), epoch: replica.epoch), to: to)
                 } catch {
                     // The requester asks again; the journal's own checks logged what failed.
                     logger.error("cannot read ops from the journal to repair a peer", metadata: [
@@ -443,6 +443,15 @@ final class ReplicaDriver: @unchecked Sendable {
             metadata["directory"] = "\(journal.directory)"
             logger.error("disk full: cannot append to the journal; this node stops acknowledging and recovers from the leader once space is freed",
                          metadata: metadata)
+        case .reconfigured(let epoch, let members, let op):
+            logger.notice("membership changed: the reconfiguration committed; this node is in the new epoch",
+                          metadata: ["epoch": "\(epoch)", "members": "\(members)", "op": "\(op)"])
+        case .epochLearned(let epoch, let from):
+            logger.warning("Recovering: node \(from) is in the newer epoch \(epoch) and this node's log lacks what it committed; fetching it before taking part again",
+                           metadata: ["epoch": "\(epoch)", "peer": "\(from)"])
+        case .removed(let epoch):
+            logger.critical("this node is not a member of epoch \(epoch): it was removed from the cluster and takes part in nothing; wipe its data directory to join again",
+                            metadata: ["epoch": "\(epoch)", "members": "\(replica.configuration.members)"])
         case .badEntry(let op, let from):
             metrics.checksumFailures.increment()
             metrics.messagesRefused.increment()

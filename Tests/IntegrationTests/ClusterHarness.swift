@@ -250,6 +250,10 @@ final class Cluster: @unchecked Sendable {
             if try await condition() { return }
             try await Task.sleep(for: .milliseconds(100))  // poll interval
         }
+        // Checked once more at the deadline: on a loaded machine this task can
+        // be scheduled again only after the deadline, and a condition that
+        // became true meanwhile is not a timeout.
+        if try await condition() { return }
         throw TimedOut(what: what)
     }
 

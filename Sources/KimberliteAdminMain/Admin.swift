@@ -112,10 +112,53 @@ func printTable(_ rows: [[String]]) {
 }
 
 /// `kimberlite-admin members list --server HOST:9090`: the current epoch's
-/// membership as one node sees it. (`members remove` needs membership
-/// changes, which are not built yet.)
+/// membership as one node sees it; `members remove --node-id N`: the leader
+/// commits a membership change without node N (DESIGN.md §2b).
 struct Members: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show the cluster's membership.", subcommands: [List.self])
+    static let configuration = CommandConfiguration(abstract: "Show or change the cluster's membership.", subcommands: [List.self, Remove.self])
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Remove a member: the leader commits a new epoch without it (one change at a time).",
+            discussion: "Refused for the last member, and for a member whose removal would leave the others without a quorum of live nodes, unless --force.")
+
+        @Option(name: .customLong("node-id"), help: "The member to remove.")
+        var nodeID: UInt8
+        @Option(help: "Any node's metrics address, host:port; the change is sent to the leader it names.")
+        var server = "127.0.0.1:9090"
+        @Flag(help: "Remove it even when the members left would have no quorum of live nodes (the cluster then waits for them).")
+        var force = false
+
+        func run() async throws {
+            let client = HTTPClient.shared
+            guard let status = await fetchStatus(client, server, .seconds(3)) else {
+                fail("members remove: cannot reach \(server)/status")
+            }
+            guard status.leaderID != 0 else { fail("members remove: No leader elected (as node \(status.nodeID) sees it); nothing changed") }
+            let leaderAddress = status.leaderID == status.nodeID ? server
+                : status.clusterMembers.first { $0.nodeID == status.leaderID }?.metricsAddress
+            guard let leaderAddress else {
+                fail("members remove: node \(status.nodeID) does not know the metrics address of the leader, node \(status.leaderID); run it with --server on the leader")
+            }
+            var request = HTTPClientRequest(url: "http://\(leaderAddress)/members/remove")
+            request.method = .POST
+            request.headers.add(name: "content-type", value: "application/json")
+            request.body = .bytes(ByteBuffer(string: #"{"node_id":\#(nodeID),"force":\#(force)}"#))
+            guard let response = try? await client.execute(request, timeout: .seconds(30)),
+                  let body = try? await response.body.collect(upTo: 1 << 20) else {
+                fail("members remove: no answer from the leader at \(leaderAddress); check `members list` before retrying")
+            }
+            let text = String(buffer: body)
+            guard response.status == .ok else {
+                let message = (try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+                    .flatMap { $0["error"] as? [String: Any] }.flatMap { $0["message"] as? String } ?? text
+                fail("members remove: refused by the leader (node \(status.leaderID), HTTP \(response.status.code)): \(message)")
+            }
+            let reply = (try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]) ?? [:]
+            let members = (reply["members"] as? [Int])?.map(String.init).joined(separator: ", ") ?? "?"
+            print("node \(nodeID) removed: cluster \"\(status.clusterName)\" is at epoch \(reply["epoch"] as? Int ?? 0) with members \(members) (op \(reply["op"] as? Int ?? 0))")
+        }
+    }
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List the members of the current epoch, found through one node.")

@@ -162,6 +162,11 @@ public final class Projection: @unchecked Sendable {
     ///   `.storage` when SQLite fails for a machine reason (disk full, I/O,
     ///   out of memory): nothing of the entry is recorded, the caller must stop
     ///   or retry the same entry. `.closed` after `close()`.
+    /// `text` as a JSON string literal (quoted, escaped).
+    static func jsonString(_ text: String) -> String {
+        (try? JSONEncoder().encode(text)).map { String(decoding: $0, as: UTF8.self) } ?? "\"\""
+    }
+
     public func apply(_ entry: LogEntry) throws -> ApplyOutcome {
         try apply([entry])[0]
     }
@@ -246,6 +251,13 @@ public final class Projection: @unchecked Sendable {
         }
         let outcome: ApplyOutcome
         if entry.payload.isEmpty {
+            outcome = .applied([])
+        } else if let change = Reconfiguration.decode(entry.payload) {
+            // A membership change the replicas committed (VRR §7): audited.
+            writerAuthorizer.begin(.trusted)
+            let detail = #"{"epoch":\#(change.epoch),"members":[\#(change.members.map(String.init).joined(separator: ","))],"detail":\#(Self.jsonString(change.detail))}"#
+            try db.run("INSERT OR REPLACE INTO _kmb_audit(op, at_ms, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+                       [.integer(Int64(bitPattern: entry.op)), .integer(entry.timestampMs), .text("reconfiguration"), .text(detail)])
             outcome = .applied([])
         } else if let record = SystemRecord.decode(entry.payload) {
             // Written by the cluster (an audit record): trusted, never refused.

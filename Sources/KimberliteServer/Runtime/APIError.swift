@@ -32,6 +32,8 @@ struct APIError: Error, Sendable, Equatable {
         case notFound = "not_found"
         /// 409: a membership change is already in the log, uncommitted (one at a time).
         case membershipChangeInProgress = "membership_change_in_progress"
+        /// 409: the change would remove the last member, or leave no quorum of live members (without force).
+        case membershipChangeRefused = "membership_change_refused"
         /// 500: the node failed at an operation (a checkpoint for a backup); the message says where.
         case operationFailed = "operation_failed"
 
@@ -40,7 +42,7 @@ struct APIError: Error, Sendable, Equatable {
             case .noLeader, .overloaded, .diverged: return 503
             case .outcomeUnknown: return 504
             case .invalidSQL, .nondeterministicSQL, .notReadOnly, .tooManyRows, .invalidRequest: return 400
-            case .applyFailed, .staleRequest, .requestInProgress, .sessionExpired, .membershipChangeInProgress: return 409
+            case .applyFailed, .staleRequest, .requestInProgress, .sessionExpired, .membershipChangeInProgress, .membershipChangeRefused: return 409
             case .tooLarge: return 413
             case .diskFull: return 507
             case .notFound: return 404

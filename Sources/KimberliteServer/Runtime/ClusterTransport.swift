@@ -51,8 +51,17 @@ final class ClusterTransport: @unchecked Sendable {
     private var serverChannel: Channel?
     /// Called (on an event loop) when the outbound connection to a peer closes.
     var onPeerLost: (@Sendable (NodeID) -> Void)?
-    /// This node's membership epoch.
-    let epoch: UInt64
+    /// The epoch and member ids at start; `membership` replaces them once set.
+    private let initialEpoch: UInt64
+    /// The replica's current epoch and members (they change when a
+    /// reconfiguration commits). Set before `start()`.
+    var membership: (@Sendable () -> (epoch: UInt64, members: [NodeID]))?
+    /// This node's membership epoch now.
+    var epoch: UInt64 { membership?().epoch ?? initialEpoch }
+    /// Whether `node` is a member of this node's current epoch.
+    private func isCurrentMember(_ node: NodeID) -> Bool {
+        membership.map { $0().members.contains(node) } ?? members.contains { $0.nodeID == node }
+    }
     /// Called (on an event loop) when a peer shows a newer epoch: this node
     /// was left out of the membership (a force-leader elsewhere). Set before `start()`.
     var onSuperseded: (@Sendable (_ newerEpoch: UInt64, _ peer: NodeID) -> Void)?
@@ -82,7 +91,7 @@ final class ClusterTransport: @unchecked Sendable {
         self.members = members
         self.listenHost = listenHost
         self.listenPort = listenPort
-        self.epoch = epoch
+        self.initialEpoch = epoch
         self.hello = .init(clusterName: clusterName, nodeID: selfID, clientAddress: clientAddress,
                            metricsAddress: metricsAddress, version: version, epoch: epoch)
         self.group = group
@@ -178,6 +187,8 @@ final class ClusterTransport: @unchecked Sendable {
         bootstrap.connect(host: member.host, port: member.port).whenComplete { [self] result in
             switch result {
             case .success(let channel):
+                var hello = hello
+                hello.epoch = epoch
                 channel.writeAndFlush(Envelope.hello(hello).frame(allocator: channel.allocator), promise: nil)
                 let keep = state.withLockedValue { state -> Bool in
                     state.connecting.remove(node)
@@ -223,16 +234,16 @@ final class ClusterTransport: @unchecked Sendable {
         if hello.clusterName != clusterName {
             return "cluster name mismatch: node \(hello.nodeID) is in cluster \"\(hello.clusterName)\", this node (\(selfID)) is in \"\(clusterName)\""
         }
-        if hello.epoch < epoch {
-            return "epoch \(hello.epoch) is older than the cluster's epoch \(epoch)"
+        let current = epoch
+        if hello.epoch < current && !isCurrentMember(hello.nodeID) {
+            // Left out of the membership (a force-leader, a removal): refused,
+            // and told the newer epoch, so it stops serving.
+            return "epoch \(hello.epoch) is older than the cluster's epoch \(current)"
         }
-        if hello.epoch > epoch {
-            // This node is the old one: it stops serving (see `onSuperseded`),
-            // but only on the word of a member it knows, not any stranger
-            // that happens to share the cluster name.
-            if members.contains(where: { $0.nodeID == hello.nodeID }) { onSuperseded?(hello.epoch, hello.nodeID) }
-            return "epoch \(epoch) is older than the cluster's epoch \(hello.epoch)"
-        }
+        // A member behind by a reconfiguration, or a peer ahead of this
+        // node, is let in: the replicas exchange `epoch_started` and the one
+        // behind moves to the newer epoch (or finds it was removed).
+        // This node stops serving only when a newer epoch refuses it.
         if hello.nodeID == selfID {
             return "node id \(hello.nodeID) is already in use by this node"
         }

@@ -28,6 +28,7 @@ public final class KimberliteNode: @unchecked Sendable {
     let applier: ApplyEngine
     let checkpointer: Checkpointer
     let backups: BackupService
+    let membership: MembershipService
     let stateTransferSource: StateTransferSource
     let stateTransferSink: StateTransferSink
     /// The superblock as start-up left it.
@@ -68,7 +69,9 @@ public final class KimberliteNode: @unchecked Sendable {
         // After the first start the membership is the superblock's, never the
         // flags' (DESIGN.md §2b); the peer list only gives the addresses.
         let memberIDs = storage.durable.record.members
-        members = try memberIDs.map { id in
+        // A removed node (not in its own superblock's members) keeps its own
+        // entry: it still listens, answers /status and says it was removed.
+        members = try (memberIDs.contains(selfID) ? memberIDs : (memberIDs + [selfID]).sorted()).map { id in
             if let member = configured.first(where: { $0.nodeID == id }) { return member }
             if id == selfID {
                 return ClusterMember(nodeID: selfID, host: config.server.clusterAddress.host, port: config.server.clusterAddress.port)
@@ -164,6 +167,11 @@ public final class KimberliteNode: @unchecked Sendable {
             }
         }
         let transport = self.transport
+        let startRecord = durable.record
+        transport.membership = { [driver] in
+            let snapshot = driver.snapshot
+            return snapshot.members.isEmpty ? (startRecord.epoch, startRecord.members) : (snapshot.epoch, snapshot.members)
+        }
         transport.onSuperseded = { newerEpoch, peer in
             // Silence first: from now on this node neither votes nor acknowledges.
             transport.silenceConsensus()
@@ -177,6 +185,8 @@ public final class KimberliteNode: @unchecked Sendable {
         driver.afterBatch = { systemd.watchdogIfDue() }
         api.driver = driver
         backups = BackupService(checkpointer: checkpointer, driver: driver, clusterName: config.server.clusterName, nodeID: selfID)
+        membership = MembershipService(driver: driver, registry: registry, transport: transport, selfID: selfID,
+                                       liveWindow: config.consensus.electionTimeoutMax, timeout: config.limits.requestTimeout)
         for key in config.notInEffectYet {
             logger.warning("configuration key is accepted but not in effect yet", metadata: ["key": "\(key)"])
         }

@@ -42,6 +42,13 @@ extension KimberliteNode {
             let body = #"{"ready":\#(ready),"status":"\#(snapshot.status.rawValue)","leader_id":\#(snapshot.leader ?? 0)}"#
             return Self.json(ready ? 200 : 503, Array(body.utf8))
         }
+        let membership = self.membership
+        router.post("/members/remove") { request, _ -> Response in
+            guard let body = try? await request.body.collect(upTo: 1 << 16) else {
+                return Self.json(APIError(.tooLarge, "request body exceeds 64 KiB").response)
+            }
+            return Self.json(await membership.remove(body: Array(buffer: body)))
+        }
         let backups = self.backups
         router.post("/backup") { _, _ -> Response in
             do { return Self.json(200, ClientAPI.encode(try await backups.start())) } catch let error as APIError {

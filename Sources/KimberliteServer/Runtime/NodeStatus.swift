@@ -10,7 +10,9 @@ extension KimberliteNode {
         let window = config.consensus.electionTimeoutMax
         let now = NIODeadline.now()
         var healthy = 0
-        let memberReports = members.map { member -> StatusReport.Member in
+        // The current epoch's members (a committed reconfiguration changes them).
+        let current = members.filter { snapshot.members.isEmpty || snapshot.members.contains($0.nodeID) }
+        let memberReports = current.map { member -> StatusReport.Member in
             if member.nodeID == config.server.nodeID {
                 healthy += 1
                 return .init(nodeID: member.nodeID, clusterAddress: member.address,
@@ -28,12 +30,13 @@ extension KimberliteNode {
         let applied = projection.appliedOp
         return StatusReport(
             nodeID: config.server.nodeID, clusterName: config.server.clusterName, version: Self.version,
-            status: snapshot.superseded != nil ? ReplicaStatus.recovering.rawValue : snapshot.status.rawValue, view: snapshot.view, opNumber: snapshot.op, commitNumber: snapshot.commit,
+            // Left out of the membership (superseded or removed): "recovering", with the reason.
+            status: snapshot.superseded != nil || snapshot.status == .removed ? ReplicaStatus.recovering.rawValue : snapshot.status.rawValue, view: snapshot.view, opNumber: snapshot.op, commitNumber: snapshot.commit,
             commitChecksum: snapshot.commitChecksum?.description,
-            isLeader: snapshot.superseded == nil && snapshot.isPrimary, leaderID: snapshot.superseded == nil ? snapshot.leader ?? 0 : 0, clusterSize: members.count,
+            isLeader: snapshot.superseded == nil && snapshot.isPrimary, leaderID: snapshot.superseded == nil ? snapshot.leader ?? 0 : 0, clusterSize: current.count,
             healthyReplicas: healthy, clusterMembers: memberReports,
             projection: .init(appliedOp: applied, lag: snapshot.commit > applied ? snapshot.commit - applied : 0),
-            clockOffsetMs: clockOffsetMs(snapshot), statusReason: snapshot.statusReason, epoch: transport.epoch)
+            clockOffsetMs: clockOffsetMs(snapshot), statusReason: snapshot.statusReason, epoch: snapshot.epoch)
     }
 
     func updateGauges() {

@@ -23,10 +23,17 @@ struct ReplicaSnapshot: Sendable {
     var divergence: Divergence? = nil
     /// Set once a member of a newer epoch refused this node: (its epoch, the newer one).
     var superseded: (epoch: UInt64, newer: UInt64)? = nil
+    /// The replica's membership epoch and its members' ids.
+    var epoch: UInt64 = 0
+    var members: [NodeID] = []
 
     /// Why this node is not taking part as usual, for `/status`; nil when nothing is wrong.
     var statusReason: String? {
         if let superseded { return supersededReason(epoch: superseded.epoch, newer: superseded.newer) }
+        if status == .removed {
+            return "removed from the cluster at epoch \(epoch) (members \(members.map(String.init).joined(separator: ","))): "
+                + "this node serves nothing; wipe its data directory to join again"
+        }
         if let divergence {
             let at = divergence.peer == 0 ? "" : " at op \(divergence.op) (shown by node \(divergence.peer))"
             return "diverged: this node's committed log contradicts the cluster's\(at); it serves nothing until its data directory "
@@ -380,7 +387,8 @@ final class ReplicaDriver: @unchecked Sendable {
                                        },
                                        divergence: replica.divergence,
                                        superseded: superblockState.supersededByEpoch > 0
-                                           ? (superblockState.epoch, superblockState.supersededByEpoch) : nil)
+                                           ? (superblockState.epoch, superblockState.supersededByEpoch) : nil,
+                                       epoch: replica.epoch, members: replica.configuration.members)
         published.withLockedValue { $0 = snapshot }
         if lastLeader == nil || lastLeader! != snapshot.leader {
             if snapshot.leader == nil {

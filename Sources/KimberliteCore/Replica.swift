@@ -1077,7 +1077,31 @@ public struct Replica: Sendable {
         }
         guard epoch < newer, status != .removed else { return }
         emit(.note(.epochLearned(epoch: newer, from: from)))
-        epoch = newer
+        enterEpoch(newer, members: members)
+    }
+
+    /// Applies every reconfiguration committed after `previous` (VRR §7).
+    /// A primary first tells the old epoch's members the new commit number
+    /// (a heartbeat of the old epoch), so they switch too. Then each member
+    /// of the new epoch starts a view change to the next view (its primary
+    /// is chosen among the new members); a replica left out stops, and a
+    /// recovering one recovers from the new epoch's primary.
+    private mutating func adoptCommittedReconfigurations(after previous: OpNumber) {
+        for entry in entries(from: previous + 1, through: commitNumber) {
+            guard let change = Reconfiguration.decode(entry.payload), change.epoch > epoch else { continue }
+            if status == .normal && isPrimary { sendHeartbeat() }
+            emit(.note(.reconfigured(epoch: change.epoch, members: change.members, op: entry.op)))
+            enterEpoch(change.epoch, members: change.members)
+            if status == .removed { return }
+        }
+    }
+
+    /// Moves this replica to `newEpoch` with `members`: left out, it is
+    /// removed; recovering, it starts a new recovery round among the new
+    /// members; otherwise it starts a view change to the next view, whose
+    /// primary is chosen among them.
+    private mutating func enterEpoch(_ newEpoch: UInt64, members: [NodeID]) {
+        epoch = newEpoch
         configuration.members = members
         formationPending = false
         unconfirmedFormation = nil
@@ -1095,37 +1119,6 @@ public struct Replica: Sendable {
             persistDurableRecord()
         } else {
             startViewChange(to: view + 1)
-        }
-    }
-
-    /// Applies every reconfiguration committed after `previous` (VRR §7).
-    /// A primary first tells the old epoch's members the new commit number
-    /// (a heartbeat of the old epoch), so they switch too. Then each member
-    /// of the new epoch starts a view change to the next view (its primary
-    /// is chosen among the new members); a replica left out stops, and a
-    /// recovering one recovers from the new epoch's primary.
-    private mutating func adoptCommittedReconfigurations(after previous: OpNumber) {
-        for entry in entries(from: previous + 1, through: commitNumber) {
-            guard let change = Reconfiguration.decode(entry.payload), change.epoch > epoch else { continue }
-            if status == .normal && isPrimary { sendHeartbeat() }
-            epoch = change.epoch
-            configuration.members = change.members
-            emit(.note(.reconfigured(epoch: epoch, members: change.members, op: entry.op)))
-            unconfirmedFormation = nil
-            guard change.members.contains(selfID) else {
-                failPendingReads()
-                resetViewChangeState()
-                becomeRemoved()
-                return
-            }
-            if status == .recovering {
-                recoveryNonce = 0
-                recoveryLeader = nil
-                recoveryResponses.removeAll()
-                persistDurableRecord()
-            } else {
-                startViewChange(to: view + 1)
-            }
         }
     }
 

@@ -52,7 +52,7 @@ struct MembershipService: Sendable {
         let remaining = members.filter { $0 != node }
         let peers = transport.snapshot()
         let now = NIODeadline.now()
-        let window = TimeAmount.nanoseconds(Int64(liveWindow.components.seconds) * 1_000_000_000 + liveWindow.components.attoseconds / 1_000_000_000)
+        let window = TimeAmount.nanoseconds(liveWindow.nanoseconds)
         let live = remaining.filter { member in
             member == selfID || peers[member]?.lastSeen.map { now - $0 <= window } == true
         }

@@ -22,7 +22,7 @@ struct KimberliteServerCommand: AsyncParsableCommand {
     var bind: String?
     @Option(name: .customLong("data-dir"), help: "Data directory.")
     var dataDir: String?
-    @Option(name: .customLong("cluster-peers"), help: "Every member as id=host:port, comma separated.")
+    @Option(name: .customLong("cluster-peers"), help: "Every initial member as id=host:port, comma separated; or host:port of running members to join a cluster.")
     var clusterPeers: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, warn, error, or a filter like kimberlite=debug.")
     var logLevel: String?
@@ -65,7 +65,9 @@ struct KimberliteServerCommand: AsyncParsableCommand {
         }
         let node: KimberliteNode
         do {
-            node = try KimberliteNode(config: serverConfig, logger: logger)
+            // A new data directory with host:port peers (no ids) joins a running cluster first.
+            guard case .start(let opened) = try await JoinPhase.joinIfNeeded(config: serverConfig, logger: logger) else { return }
+            node = try KimberliteNode(config: serverConfig, logger: logger, dataDirectory: opened)
         } catch let error as StorageError {
             if case .locked = error { Self.fail(error.description, code: 75) }
             Self.fail("cannot open the data directory: \(error.description)", code: 1)

@@ -56,6 +56,11 @@ public struct SuperblockState: Equatable, Sendable, Codable {
     /// The checksum of entry `logBaseOp` (the anchor the journal's first
     /// entry chains onto); `.zero` when `logBaseOp` is 0.
     public var logBaseChecksum: Checksum = .zero
+    /// Where each member listens for cluster traffic, and the epoch from
+    /// which that node is the member (DESIGN.md §2b: after the first start
+    /// membership and addresses come from here, never from the flags).
+    /// Empty in directories written before addresses were kept here.
+    public var addresses: [MemberAddress] = []
 
     public init(clusterName: String, nodeID: NodeID, view: ViewNumber = 0, logView: ViewNumber = 0,
                 commitNumber: OpNumber = 0, epoch: UInt64 = 0, members: [NodeID]) {
@@ -67,6 +72,25 @@ public struct SuperblockState: Equatable, Sendable, Codable {
         self.epoch = epoch
         self.members = members
     }
+}
+
+/// One member's cluster address as the superblock keeps it.
+public struct MemberAddress: Equatable, Sendable, Codable {
+    public var nodeID: NodeID
+    public var host: String
+    public var port: Int
+    /// The epoch in which this node became the member with this id (0 for
+    /// a founding member). A node showing an older epoch under the same id
+    /// is an earlier incarnation (say, from before a force-leader) and is
+    /// refused.
+    public var sinceEpoch: UInt64
+
+    public init(nodeID: NodeID, host: String, port: Int, sinceEpoch: UInt64) {
+        self.nodeID = nodeID; self.host = host; self.port = port; self.sinceEpoch = sinceEpoch
+    }
+
+    /// `host:port`, with brackets around an IPv6 host.
+    public var address: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }
 
 extension SuperblockState {
@@ -215,6 +239,7 @@ public final class Superblock {
         if state.newestSegmentOp > 0 { flags |= 16 }
         if state.supersededByEpoch > 0 { flags |= 32 }
         if state.logBaseOp > 0 { flags |= 64 }
+        if !state.addresses.isEmpty { flags |= 128 }
         writer.write(flags)
         if let divergence = state.divergence {
             writer.write(divergence.op)
@@ -225,6 +250,13 @@ public final class Superblock {
         if state.logBaseOp > 0 {
             writer.write(state.logBaseOp)
             writer.writeRaw(state.logBaseChecksum.bytes)
+        }
+        if !state.addresses.isEmpty {
+            writer.write(UInt8(state.addresses.count))
+            for member in state.addresses {
+                writer.write(member.nodeID); writer.write(member.sinceEpoch)
+                writer.writeString(member.host); writer.write(UInt16(member.port))
+            }
         }
         return writer.bytes
     }
@@ -279,7 +311,6 @@ public final class Superblock {
                 members: try body.readBlob(limit: 256))
             state.recoveryTarget = try body.read()
             let flags: UInt8 = try body.read()
-            guard flags & ~127 == 0 else { slot.problem = "unknown flags \(flags)"; return slot }
             state.formed = flags & 1 != 0
             state.logStarted = flags & 2 != 0
             state.recovering = flags & 4 != 0
@@ -289,6 +320,16 @@ public final class Superblock {
             if flags & 64 != 0 {
                 state.logBaseOp = try body.read()
                 state.logBaseChecksum = Checksum(bytes: try body.readRaw(count: 32))
+            }
+            if flags & 128 != 0 {
+                let count: UInt8 = try body.read()
+                for _ in 0..<count {
+                    let nodeID: NodeID = try body.read()
+                    let since: UInt64 = try body.read()
+                    let host = try body.readString(limit: 1024)
+                    let port: UInt16 = try body.read()
+                    state.addresses.append(MemberAddress(nodeID: nodeID, host: host, port: Int(port), sinceEpoch: since))
+                }
             }
             guard body.isAtEnd else { slot.problem = "trailing bytes in state"; return slot }
             slot.state = state

@@ -17,6 +17,20 @@ final class Cluster: @unchecked Sendable {
         let dataDir: String
         let logFile: String
         var process: Process?
+        /// Environment this node gets on top of the cluster's (a joining
+        /// node's host:port peer list, another cluster name or node id).
+        var overrides: [String: String] = [:]
+    }
+
+    /// Adds a node slot (ports from this cluster's base, its own data
+    /// directory) whose environment is the cluster's plus `overrides`; not
+    /// started. Returns its slot number, which `restart` and `status` take.
+    func addNode(_ overrides: [String: String]) -> Int {
+        let id = nodes.count + 1
+        let base = nodes[0].clientPort - 10
+        nodes.append(Node(id: id, clientPort: base + id * 10, clusterPort: base + id * 10 + 1, metricsPort: base + id * 10 + 2,
+                          dataDir: "\(root)/node\(id)", logFile: "\(root)/node\(id).log", process: nil, overrides: overrides))
+        return id
     }
 
     struct TimedOut: Error, CustomStringConvertible {
@@ -122,7 +136,9 @@ final class Cluster: @unchecked Sendable {
         }
     }
 
-    var peerList: String { nodes.map { "\($0.id)=127.0.0.1:\($0.clusterPort)" }.joined(separator: ",") }
+    /// The founding members (`id=host:port`); added nodes are not in it.
+    var peerList: String { founders.map { "\($0.id)=127.0.0.1:\($0.clusterPort)" }.joined(separator: ",") }
+    private var founders: [Node] { nodes.filter { $0.overrides.isEmpty } }
 
     func environment(for node: Node) -> [String: String] {
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("KMB_") && $0.key != "RUST_LOG" }
@@ -131,10 +147,11 @@ final class Cluster: @unchecked Sendable {
         environment["KMB_CLUSTER_ADDRESS"] = "127.0.0.1:\(node.clusterPort)"
         environment["KMB_METRICS_ADDRESS"] = "127.0.0.1:\(node.metricsPort)"
         environment["KMB_CLUSTER_NAME"] = clusterName
-        environment["KMB_CLUSTER_PEERS"] = nodes.count == 1 ? "" : peerList
+        environment["KMB_CLUSTER_PEERS"] = founders.count == 1 ? "" : peerList
         environment["KMB_DATA_DIR"] = node.dataDir
         environment["KMB_LOG_LEVEL"] = "info"
         for (key, value) in extraEnvironment { environment[key] = value }
+        for (key, value) in node.overrides { environment[key] = value }
         return environment
     }
 

@@ -130,7 +130,7 @@ import Testing
 
         // Posing as the leader, on the target's cluster port.
         let peer = try RawPeer(port: cluster.nodes[target - 1].clusterPort)
-        peer.send(.hello(.init(clusterName: cluster.clusterName, nodeID: NodeID(leader), clientAddress: "127.0.0.1:1",
+        peer.send(.hello(.init(clusterName: cluster.clusterName, nodeID: NodeID(leader), clusterAddress: "127.0.0.1:1", clientAddress: "127.0.0.1:1",
                                metricsAddress: "127.0.0.1:1", version: "test", epoch: 0)))
         // A commit beyond the op it reports.
         peer.send(.vsr(.commit(view: view, commit: op + 1_000_000, commitChecksum: .zero, op: op + 5, sequence: 1), epoch: 0))

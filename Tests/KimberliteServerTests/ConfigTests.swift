@@ -433,6 +433,8 @@ struct ConfigTests {
         ("1=node1:7001,2=:7001", "has \"2=:7001\", whose address is not a host:port address"),
         ("1=node1:7001,1=node2:7001", "has node id 1 twice"),
         ("1=node1:7001,,2=node2:7001", "has an empty entry"),
+        ("node1:7001,2=node2:7001", "has \"2=node2:7001\" among host:port entries"),
+        ("node1:7001,node2", "has \"node2\", whose address is not a host:port address"),
     ])
     func badPeerEntriesAreNamed(list: String, problem: String) {
         let env = expectConfigError { try load(env: ["KMB_NODE_ID": "1", "KMB_CLUSTER_PEERS": list]) }
@@ -447,6 +449,22 @@ struct ConfigTests {
         let path = try dir.write("config.toml", "[server]\nnode_id = 1\ncluster_peers = [\"1=a:7001\", \"node2:7001\"]\n")
         let error = expectConfigError { try load(file: path) }
         #expect(error?.description == "[server] cluster_peers = [\"1=a:7001\", \"node2:7001\"] has \"node2:7001\", which is not an id=host:port entry like \"1=node1:7001\" (\(path) line 3)")
+    }
+
+    /// `--cluster-peers "node1:7001"` (no ids) names members of a running
+    /// cluster to join (DESIGN.md §2b), and `--show-config` shows it as given.
+    @Test func peersWithoutIdsAreAddressesToJoinThrough() throws {
+        let config = try load(flags: ConfigFlags(nodeID: "4", clusterPeers: "node1:7001, [::1]:7101"))
+        #expect(config.server.joinAddresses == [HostPort(host: "node1", port: 7001), HostPort(host: "::1", port: 7101)])
+        #expect(config.server.clusterPeers.isEmpty)
+        #expect(config.renderTOML(redactSecrets: true).contains("cluster_peers = [\"node1:7001\", \"[::1]:7101\"]"))
+        // The node id need not be in a join list; a later member list replaces it.
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let path = try dir.write("config.toml", "[server]\nnode_id = 4\ncluster_peers = [\"node1:7001\"]\n")
+        #expect(try load(file: path).server.joinAddresses.count == 1)
+        let replaced = try load(file: path, flags: ConfigFlags(clusterPeers: "4=a:7001"))
+        #expect(replaced.server.joinAddresses.isEmpty && replaced.server.clusterPeers.map(\.nodeID) == [4])
     }
 
     @Test func nodeMustBeAmongItsPeers() throws {

@@ -26,6 +26,21 @@ import Testing
         #expect(other.sequence == 2)
     }
 
+    /// Members' cluster addresses and since-epochs survive a round trip
+    /// (DESIGN.md §2b: after the first start they come from the superblock).
+    @Test func memberAddressesRoundTrip() throws {
+        let dir = TempDirectory()
+        let superblock = try Superblock(path: dir.sub("superblock"))
+        var state = stateA
+        state.addresses = [MemberAddress(nodeID: 1, host: "node1", port: 7001, sinceEpoch: 0),
+                           MemberAddress(nodeID: 4, host: "::1", port: 7401, sinceEpoch: 3)]
+        state.logBaseOp = 9
+        state.supersededByEpoch = 2
+        try superblock.write(state)
+        #expect(try Superblock(path: dir.sub("superblock")).read() == state)
+        #expect(state.addresses[1].address == "[::1]:7401")
+    }
+
     @Test func tornNewestCopiesFallBackToOlderValidCopy() throws {
         let dir = TempDirectory()
         let path = dir.sub("superblock")

@@ -112,7 +112,7 @@ enum ConfigValue {
     case address(HostPort)
     case nodeID(UInt8)
     case text(String)
-    case peers([PeerAddress])
+    case peers(ClusterPeers)
     case size(Int)
     case syncMode(SyncMode)
     case duration(Duration)
@@ -181,7 +181,8 @@ extension ConfigKey {
         case (.metricsAddress, .address(let v)): config.telemetry.metricsAddress = v
         case (.nodeID, .nodeID(let v)): config.server.nodeID = v
         case (.clusterName, .text(let v)): config.server.clusterName = v
-        case (.clusterPeers, .peers(let v)): config.server.clusterPeers = v
+        case (.clusterPeers, .peers(.members(let v))): config.server.clusterPeers = v; config.server.joinAddresses = []
+        case (.clusterPeers, .peers(.join(let v))): config.server.joinAddresses = v; config.server.clusterPeers = []
         case (.dataDir, .text(let v)): config.storage.dataDir = v
         case (.tlsCert, .text(let v)): config.security.tlsCert = v
         case (.tlsKey, .text(let v)): config.security.tlsKey = v
@@ -221,7 +222,9 @@ extension ConfigKey {
         case .metricsAddress: return quoted(config.telemetry.metricsAddress.description)
         case .nodeID: return String(config.server.nodeID)
         case .clusterName: return quoted(config.server.clusterName)
-        case .clusterPeers: return "[" + config.server.clusterPeers.map { quoted($0.description) }.joined(separator: ", ") + "]"
+        case .clusterPeers:
+            let entries = config.server.joinAddresses.isEmpty ? config.server.clusterPeers.map(\.description) : config.server.joinAddresses.map(\.description)
+            return "[" + entries.map(quoted).joined(separator: ", ") + "]"
         case .dataDir: return quoted(config.storage.dataDir)
         case .tlsCert: return config.security.tlsCert.map(quoted)
         case .tlsKey: return config.security.tlsKey.map(quoted)

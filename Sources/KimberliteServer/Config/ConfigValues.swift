@@ -39,6 +39,15 @@ public struct PeerAddress: Sendable, Hashable, CustomStringConvertible {
     public var description: String { "\(nodeID)=\(address)" }
 }
 
+/// `[server] cluster_peers` as given: the initial members with their ids,
+/// or, with no ids, addresses of a running cluster this node joins.
+public enum ClusterPeers: Sendable, Hashable {
+    /// `id=host:port` entries (empty: a one-node cluster).
+    case members([PeerAddress])
+    /// `host:port` entries: any member of the cluster to join (DESIGN.md §2b).
+    case join([HostPort])
+}
+
 /// `[logging] format`: one text line or one JSON object per record, or journald native records.
 public enum LogFormat: String, Sendable, CaseIterable {
     /// One text line per record (the log file and stderr).
@@ -181,9 +190,31 @@ public enum ConfigValueParser {
         return PeerAddress(nodeID: id, host: address.host, port: address.port)
     }
 
-    /// Parses peer entries (each `id=host:port`) and checks the ids are unique.
-    /// - Throws: `ConfigValueError` naming the first bad or duplicate entry.
-    public static func peers<S: Sequence>(_ entries: S) throws(ConfigValueError) -> [PeerAddress] where S.Element == String {
+    /// Parses peer entries: every entry `id=host:port` (the initial members,
+    /// ids unique), or every entry `host:port` (a node joining a running
+    /// cluster through any of them, DESIGN.md §2b).
+    /// - Throws: `ConfigValueError` naming the first bad or duplicate entry,
+    ///   or an entry of the other form.
+    public static func peers<S: Sequence>(_ entries: S) throws(ConfigValueError) -> ClusterPeers where S.Element == String {
+        let entries = Array(entries)
+        let trimmed = entries.map { $0.trimmingCharacters(in: .whitespaces) }
+        if let first = trimmed.first, !first.contains("=") {
+            var addresses: [HostPort] = []
+            for entry in trimmed {
+                if entry.contains("=") {
+                    throw ConfigValueError("has \"\(entry)\" among host:port entries; list host:port entries only (a node joining a running cluster) or id=host:port for every entry (the initial members)")
+                }
+                do { addresses.append(try address(entry)) } catch {
+                    throw ConfigValueError("has \"\(entry)\", whose address \(error.problem)")
+                }
+            }
+            return .join(addresses)
+        }
+        return .members(try memberPeers(entries))
+    }
+
+    /// Parses `id=host:port` entries and checks the ids are unique.
+    static func memberPeers(_ entries: [String]) throws(ConfigValueError) -> [PeerAddress] {
         var result: [PeerAddress] = []
         for entry in entries {
             let peer = try self.peer(entry)
@@ -196,12 +227,13 @@ public enum ConfigValueParser {
     }
 
     /// Parses a comma-separated peer list as the environment and flags give it:
-    /// "1=node1:7001,2=node2:7001". An empty or blank string is an empty list.
+    /// "1=node1:7001,2=node2:7001", or "node1:7001" to join. An empty or
+    /// blank string is an empty member list.
     /// - Throws: `ConfigValueError` naming the first bad or duplicate entry.
-    public static func peerList(_ text: String) throws(ConfigValueError) -> [PeerAddress] {
+    public static func peerList(_ text: String) throws(ConfigValueError) -> ClusterPeers {
         let entries = text.split(separator: ",", omittingEmptySubsequences: false)
             .map { $0.trimmingCharacters(in: .whitespaces) }
-        if entries.allSatisfy(\.isEmpty) { return [] }
+        if entries.allSatisfy(\.isEmpty) { return .members([]) }
         if entries.contains(where: \.isEmpty) {
             throw ConfigValueError("has an empty entry (write id=host:port entries separated by single commas)")
         }

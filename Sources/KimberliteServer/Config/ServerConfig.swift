@@ -20,6 +20,10 @@ public struct ServerConfig: Sendable, Equatable {
         public var clusterName = "default"
         /// Initial members, this node included; empty means a one-node cluster.
         public var clusterPeers: [PeerAddress] = []
+        /// `cluster_peers` given as `host:port` entries without ids: members
+        /// of a running cluster this node joins when its data directory is
+        /// new (DESIGN.md §2b). Empty when `clusterPeers` is used.
+        public var joinAddresses: [HostPort] = []
         public init(nodeID: UInt8) { self.nodeID = nodeID }
     }
 

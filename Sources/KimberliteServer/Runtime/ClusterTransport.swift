@@ -1,18 +1,10 @@
 import Foundation
 import KimberliteCore
+import KimberliteStorage
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
-
-/// A member of the cluster as the peer list names it: `id=host:port`.
-public struct ClusterMember: Sendable, Equatable {
-    public var nodeID: NodeID
-    public var host: String
-    public var port: Int
-    public init(nodeID: NodeID, host: String, port: Int) { self.nodeID = nodeID; self.host = host; self.port = port }
-    public var address: String { "\(host):\(port)" }
-}
 
 /// What this node knows of one peer, for `/status` and metrics.
 struct PeerView: Sendable {
@@ -27,19 +19,30 @@ struct PeerView: Sendable {
 
 /// Node-to-node TCP transport on `cluster_address` (DESIGN.md §2).
 ///
-/// Each node dials every other member and sends only on its outbound
-/// connection; it receives on the connections others dialled to it. The
-/// first frame both ways is a `hello` naming cluster and node id; a peer
-/// from another cluster, an unknown id or our own id is refused with a
-/// reason. Hostnames are resolved on every (re)connect, so a peer whose name
-/// does not resolve yet is only unreachable. Frames to a peer that is not
-/// connected are dropped: VSR retransmits.
+/// Each node dials every other member of its current epoch and sends only
+/// on its outbound connection; it receives on the connections others
+/// dialled to it. The first frame both ways is a `hello` naming cluster and
+/// node id; a peer from another cluster, an unknown id, our own id or an
+/// earlier incarnation of a member is refused with a reason. A joining
+/// node's connection carries one `joinRequest` instead (DESIGN.md §2b),
+/// answered by `onJoinRequest`. Members' addresses live in an address book
+/// that committed reconfigurations and hellos update, persisted through
+/// `onAddressesChanged`. Hostnames are resolved on every (re)connect, so a
+/// peer whose name does not resolve yet is only unreachable. Frames to a
+/// peer that is not connected are dropped: VSR retransmits.
 final class ClusterTransport: @unchecked Sendable {
     typealias Receive = @Sendable (Envelope, NodeID) -> Void
 
     let selfID: NodeID
     let clusterName: String
-    let members: [ClusterMember]
+    /// Every node this one knows an address for, by id (members of the
+    /// current epoch, and former members until they are replaced).
+    private let book: NIOLockedValueBox<[NodeID: MemberAddress]>
+    /// Called (on any thread) with the whole address book after it changed,
+    /// so the node persists it in the superblock. Set before `start()`.
+    var onAddressesChanged: (@Sendable ([MemberAddress]) -> Void)?
+    /// Answers a joining node's request (DESIGN.md §2b). Set before `start()`.
+    var onJoinRequest: (@Sendable (Envelope.JoinRequest, _ remoteHost: String?) async -> Envelope.JoinAnswer)?
     private let listenHost: String
     private let listenPort: Int
     private let hello: Envelope.Hello
@@ -59,9 +62,10 @@ final class ClusterTransport: @unchecked Sendable {
     /// This node's membership epoch now.
     var epoch: UInt64 { membership?().epoch ?? initialEpoch }
     /// Whether `node` is a member of this node's current epoch.
-    private func isCurrentMember(_ node: NodeID) -> Bool {
-        membership.map { $0().members.contains(node) } ?? members.contains { $0.nodeID == node }
-    }
+    private func isCurrentMember(_ node: NodeID) -> Bool { currentMembers.contains(node) }
+    /// The member ids of this node's current epoch.
+    var currentMembers: [NodeID] { membership?().members ?? initialMembers }
+    private let initialMembers: [NodeID]
     /// Called (on an event loop) when a peer shows a newer epoch: this node
     /// was left out of the membership (a force-leader elsewhere). Set before `start()`.
     var onSuperseded: (@Sendable (_ newerEpoch: UInt64, _ peer: NodeID) -> Void)?
@@ -83,16 +87,22 @@ final class ClusterTransport: @unchecked Sendable {
         var rejectionLogged: [NodeID: String] = [:]
     }
 
-    init(selfID: NodeID, clusterName: String, epoch: UInt64, members: [ClusterMember], listenHost: String, listenPort: Int,
+    /// - Parameters:
+    ///   - members: the member ids of the epoch the node starts in.
+    ///   - addresses: the address book (at least every member but unknown ones).
+    ///   - advertisedAddress: this node's cluster address as peers dial it.
+    init(selfID: NodeID, clusterName: String, epoch: UInt64, members: [NodeID], addresses: [MemberAddress],
+         advertisedAddress: String, listenHost: String, listenPort: Int,
          clientAddress: String, metricsAddress: String, version: String, group: EventLoopGroup, logger: Logger,
          isLeader: @escaping @Sendable () -> Bool, receive: @escaping Receive) {
         self.selfID = selfID
         self.clusterName = clusterName
-        self.members = members
+        self.initialMembers = members
+        self.book = NIOLockedValueBox(Dictionary(addresses.map { ($0.nodeID, $0) }, uniquingKeysWith: { _, last in last }))
         self.listenHost = listenHost
         self.listenPort = listenPort
         self.initialEpoch = epoch
-        self.hello = .init(clusterName: clusterName, nodeID: selfID, clientAddress: clientAddress,
+        self.hello = .init(clusterName: clusterName, nodeID: selfID, clusterAddress: advertisedAddress, clientAddress: clientAddress,
                            metricsAddress: metricsAddress, version: version, epoch: epoch)
         self.group = group
         self.logger = logger
@@ -100,7 +110,34 @@ final class ClusterTransport: @unchecked Sendable {
         self.isLeader = isLeader
     }
 
-    var peerIDs: [NodeID] { members.map(\.nodeID).filter { $0 != selfID } }
+    /// The other members of the current epoch.
+    var peerIDs: [NodeID] { currentMembers.filter { $0 != selfID } }
+
+    /// The address book entry of `node`, if any.
+    func address(of node: NodeID) -> MemberAddress? { book.withLockedValue { $0[node] } }
+
+    /// The whole address book, by node id.
+    var addresses: [MemberAddress] { book.withLockedValue { $0.values.sorted { $0.nodeID < $1.nodeID } } }
+
+    /// Records where `member` listens (a committed reconfiguration, an
+    /// accepted hello); reports the book to `onAddressesChanged` when it
+    /// changed. An entry is never replaced by one of an older incarnation.
+    func learn(_ member: MemberAddress) {
+        let changed = book.withLockedValue { book -> [MemberAddress]? in
+            if let known = book[member.nodeID], known == member || known.sinceEpoch > member.sinceEpoch { return nil }
+            book[member.nodeID] = member
+            return book.values.sorted { $0.nodeID < $1.nodeID }
+        }
+        guard let changed else { return }
+        logger.info("member address recorded", metadata: ["peer": "\(member.nodeID)", "address": "\(member.address)",
+                                                         "since_epoch": "\(member.sinceEpoch)"])
+        // A new address: the next dial goes there.
+        state.withLockedValue { state in
+            state.nextAttempt[member.nodeID] = nil
+            state.backoff[member.nodeID] = nil
+        }
+        onAddressesChanged?(changed)
+    }
 
     /// Binds the cluster port. - Throws: NIO's bind error (address in use, bad address).
     func start() async throws {
@@ -161,7 +198,7 @@ final class ClusterTransport: @unchecked Sendable {
     func snapshot() -> [NodeID: PeerView] { state.withLockedValue { $0.peers } }
 
     private func connect(to node: NodeID) {
-        guard let member = members.first(where: { $0.nodeID == node }) else { return }
+        guard let member = address(of: node) else { return }
         let now = NIODeadline.now()
         let go = state.withLockedValue { state -> Bool in
             guard !state.stopped, state.outbound[node] == nil, !state.connecting.contains(node),
@@ -247,14 +284,27 @@ final class ClusterTransport: @unchecked Sendable {
         if hello.nodeID == selfID {
             return "node id \(hello.nodeID) is already in use by this node"
         }
-        if !members.contains(where: { $0.nodeID == hello.nodeID }) {
-            return "node id \(hello.nodeID) is not a member of cluster \"\(clusterName)\" (members: \(members.map(\.nodeID).map(String.init).joined(separator: ",")))"
+        if let since = address(of: hello.nodeID)?.sinceEpoch, hello.epoch < since {
+            // The id belongs to a node that joined at `since`; this one is an
+            // earlier incarnation (from before a force-leader, or removed and
+            // not wiped).
+            return "epoch \(hello.epoch) is older than the cluster's epoch \(current)"
+        }
+        if !isCurrentMember(hello.nodeID) && hello.epoch <= current {
+            let members = currentMembers.map(String.init).joined(separator: ",")
+            return "node id \(hello.nodeID) is not a member of cluster \"\(clusterName)\" at epoch \(current) (members: \(members))"
         }
         return nil
     }
 
-    fileprivate func accepted(_ hello: Envelope.Hello) {
-        let member = members.first { $0.nodeID == hello.nodeID }
+    fileprivate func accepted(_ hello: Envelope.Hello, remoteHost: String?) {
+        if isCurrentMember(hello.nodeID), address(of: hello.nodeID) == nil,
+           let advertised = try? ConfigValueParser.address(Self.resolveWildcard(hello.clusterAddress, host: remoteHost)) {
+            // A member this node has no address for (it learned the epoch
+            // from a peer, not from the reconfiguration entry): its hello says where it listens.
+            learn(MemberAddress(nodeID: hello.nodeID, host: advertised.host, port: advertised.port, sinceEpoch: hello.epoch))
+        }
+        let member = address(of: hello.nodeID)
         state.withLockedValue { state in
             var peer = state.peers[hello.nodeID, default: PeerView()]
             peer.clientAddress = Self.resolveWildcard(hello.clientAddress, host: member?.host)
@@ -325,13 +375,20 @@ private final class InboundHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = Envelope
     private let transport: ClusterTransport
     private var peer: NodeID?
+    /// A join request arrived on this connection; nothing else is read.
+    private var joinAnswered = false
 
     init(transport: ClusterTransport) { self.transport = transport }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = unwrapInboundIn(data)
+        if joinAnswered { return }
         if let peer {
             transport.received(envelope, from: peer)
+            return
+        }
+        if case .joinRequest(let request) = envelope {
+            answerJoin(request, context: context)
             return
         }
         guard case .hello(let hello) = envelope else {
@@ -347,7 +404,25 @@ private final class InboundHandler: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         peer = hello.nodeID
-        transport.accepted(hello)
+        transport.accepted(hello, remoteHost: context.remoteAddress?.ipAddress)
+    }
+
+    /// A joining node's one request: answered (which may take until its
+    /// reconfiguration commits), then the connection closes.
+    private func answerJoin(_ request: Envelope.JoinRequest, context: ChannelHandlerContext) {
+        guard !joinAnswered, let handler = transport.onJoinRequest else {
+            context.close(promise: nil)
+            return
+        }
+        joinAnswered = true
+        let channel = context.channel
+        let remoteHost = context.remoteAddress?.ipAddress
+        Task {
+            let answer = await handler(request, remoteHost)
+            channel.writeAndFlush(Envelope.joinAnswer(answer).frame(allocator: channel.allocator)).whenComplete { _ in
+                channel.close(promise: nil)
+            }
+        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

@@ -1,4 +1,5 @@
 import KimberliteCore
+import KimberliteStorage
 import NIOCore
 
 /// What travels between nodes on the cluster port (7001): VSR messages plus
@@ -29,10 +30,41 @@ enum Envelope: Sendable, Equatable {
     /// Sender → receiver: those bytes and their CRC32C; `error` (non-empty)
     /// says why there are none (the checkpoint is gone).
     case stateTransferChunk(op: OpNumber, offset: UInt64, data: [UInt8], crc32c: UInt32, error: String)
+    /// First (and only) frame of a joining node's connection (DESIGN.md §2b "Join").
+    case joinRequest(JoinRequest)
+    /// The answer to a `joinRequest`; the connection closes after it.
+    case joinAnswer(JoinAnswer)
+
+    /// A node with a new data directory asks to become a member.
+    struct JoinRequest: Sendable, Equatable {
+        var clusterName: String
+        var nodeID: NodeID
+        /// The epoch its data directory is at; 0 for a new one.
+        var epoch: UInt64
+        /// Its cluster address as configured (a `0.0.0.0` host is replaced
+        /// by the address the request came from).
+        var clusterAddress: String
+        var version: String
+    }
+
+    /// What the node asked answers a joining node.
+    enum JoinAnswer: Sendable, Equatable {
+        /// The reconfiguration adding the node committed: it is a member of
+        /// `epoch` with `members` (their cluster addresses and since-epochs).
+        case accepted(clusterName: String, epoch: UInt64, members: [MemberAddress])
+        /// Ask the leader, node `leader` at `address`, instead.
+        case redirect(leader: NodeID, address: String)
+        /// Refused, with the reason (`byLeader`: the leader decided it).
+        case rejected(reason: String, byLeader: Bool)
+    }
 
     struct Hello: Sendable, Equatable {
         var clusterName: String
         var nodeID: NodeID
+        /// The sender's cluster address as it advertises it (its peer-list
+        /// entry, or its `cluster_address`): how members that learn of a new
+        /// member from its first connection reach it.
+        var clusterAddress: String
         var clientAddress: String
         var metricsAddress: String
         var version: String
@@ -58,7 +90,7 @@ enum Envelope: Sendable, Equatable {
         switch self {
         case .hello(let hello):
             writer.write(UInt8(1))
-            writer.writeString(hello.clusterName); writer.write(hello.nodeID)
+            writer.writeString(hello.clusterName); writer.write(hello.nodeID); writer.writeString(hello.clusterAddress)
             writer.writeString(hello.clientAddress); writer.writeString(hello.metricsAddress)
             writer.writeString(hello.version); writer.write(hello.epoch)
         case .helloReject(let reason, let rejecterID, let isLeader, let epoch):
@@ -81,6 +113,19 @@ enum Envelope: Sendable, Equatable {
         case .stateTransferChunk(let op, let offset, let data, let crc, let error):
             writer.write(UInt8(10)); writer.write(op); writer.write(offset); writer.writeBlob(data); writer.write(crc)
             writer.writeString(error)
+        case .joinRequest(let request):
+            writer.write(UInt8(11)); writer.writeString(request.clusterName); writer.write(request.nodeID); writer.write(request.epoch)
+            writer.writeString(request.clusterAddress); writer.writeString(request.version)
+        case .joinAnswer(.accepted(let clusterName, let epoch, let members)):
+            writer.write(UInt8(12)); writer.write(UInt8(1)); writer.writeString(clusterName); writer.write(epoch)
+            writer.write(UInt8(members.count))
+            for member in members {
+                writer.write(member.nodeID); writer.write(member.sinceEpoch); writer.writeString(member.host); writer.write(UInt16(member.port))
+            }
+        case .joinAnswer(.redirect(let leader, let address)):
+            writer.write(UInt8(12)); writer.write(UInt8(2)); writer.write(leader); writer.writeString(address)
+        case .joinAnswer(.rejected(let reason, let byLeader)):
+            writer.write(UInt8(12)); writer.write(UInt8(3)); writer.writeString(reason); writer.write(byLeader)
         }
         return writer.bytes
     }
@@ -91,7 +136,7 @@ enum Envelope: Sendable, Equatable {
         let envelope: Envelope
         switch tag {
         case 1:
-            envelope = .hello(Hello(clusterName: try reader.readString(), nodeID: try reader.read(),
+            envelope = .hello(Hello(clusterName: try reader.readString(), nodeID: try reader.read(), clusterAddress: try reader.readString(),
                                     clientAddress: try reader.readString(), metricsAddress: try reader.readString(),
                                     version: try reader.readString(), epoch: try reader.read()))
         case 2: envelope = .helloReject(reason: try reader.readString(), rejecterID: try reader.read(), rejecterIsLeader: try reader.readBool(),
@@ -116,6 +161,29 @@ enum Envelope: Sendable, Equatable {
         case 10:
             envelope = .stateTransferChunk(op: try reader.read(), offset: try reader.read(), data: try reader.readBlob(),
                                            crc32c: try reader.read(), error: try reader.readString())
+        case 11:
+            envelope = .joinRequest(JoinRequest(clusterName: try reader.readString(), nodeID: try reader.read(), epoch: try reader.read(),
+                                                clusterAddress: try reader.readString(), version: try reader.readString()))
+        case 12:
+            let kind: UInt8 = try reader.read()
+            switch kind {
+            case 1:
+                let name = try reader.readString()
+                let epoch: UInt64 = try reader.read()
+                let count: UInt8 = try reader.read()
+                var members: [MemberAddress] = []
+                for _ in 0..<count {
+                    let nodeID: NodeID = try reader.read()
+                    let since: UInt64 = try reader.read()
+                    let host = try reader.readString()
+                    let port: UInt16 = try reader.read()
+                    members.append(MemberAddress(nodeID: nodeID, host: host, port: Int(port), sinceEpoch: since))
+                }
+                envelope = .joinAnswer(.accepted(clusterName: name, epoch: epoch, members: members))
+            case 2: envelope = .joinAnswer(.redirect(leader: try reader.read(), address: try reader.readString()))
+            case 3: envelope = .joinAnswer(.rejected(reason: try reader.readString(), byLeader: try reader.readBool()))
+            default: throw DecodeError.invalid("join answer kind \(kind)")
+            }
         default: throw DecodeError.invalid("envelope tag \(tag)")
         }
         guard reader.isAtEnd else { throw DecodeError.invalid("\(reader.remaining) trailing bytes after envelope") }

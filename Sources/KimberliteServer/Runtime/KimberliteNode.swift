@@ -17,7 +17,6 @@ public final class KimberliteNode: @unchecked Sendable {
 
     let config: ServerConfig
     let logger: Logger
-    let members: [ClusterMember]
     let dataDirectory: DataDirectory
     let projection: Projection
     let journal: Journal
@@ -42,7 +41,9 @@ public final class KimberliteNode: @unchecked Sendable {
 
     /// Opens the data directory and recovers state; binds nothing yet.
     /// - Throws: `StorageError` (`.locked` → exit 75), `NodeStartError`, projection errors.
-    public init(config: ServerConfig, logger baseLogger: Logger) throws {
+    /// - Parameter dataDirectory: the data directory when the caller opened
+    ///   (and locked) it already (a node that has just joined); else it is opened here.
+    public init(config: ServerConfig, logger baseLogger: Logger, dataDirectory opened: DataDirectory? = nil) throws {
         self.config = config
         var baseLogger = baseLogger
         baseLogger[metadataKey: "node_id"] = "\(config.server.nodeID)"
@@ -55,30 +56,32 @@ public final class KimberliteNode: @unchecked Sendable {
         }
         self.logger = logger
         let selfID = config.server.nodeID
-        let configured: [ClusterMember]
-        if config.server.clusterPeers.isEmpty {
-            configured = [ClusterMember(nodeID: selfID, host: config.server.clusterAddress.host, port: config.server.clusterAddress.port)]
-        } else {
-            configured = config.server.clusterPeers.map { ClusterMember(nodeID: $0.nodeID, host: $0.host, port: $0.port) }
+        // The address peers dial this node at: its own peer-list entry, else cluster_address.
+        let advertised = config.server.clusterPeers.first { $0.nodeID == selfID }?.address ?? config.server.clusterAddress
+        let selfAddress = MemberAddress(nodeID: selfID, host: advertised.host, port: advertised.port, sinceEpoch: 0)
+        let configured: [MemberAddress] = config.server.clusterPeers.isEmpty
+            ? [selfAddress]
+            : config.server.clusterPeers.map { MemberAddress(nodeID: $0.nodeID, host: $0.host, port: $0.port, sinceEpoch: 0) }
                 .sorted { $0.nodeID < $1.nodeID }
-        }
         // Metrics first: the storage layers create theirs as they open.
         // Peers are the configured ones (a member left out reads 0).
         metrics = NodeMetrics(peers: configured.map(\.nodeID).filter { $0 != selfID })
-        let storage = try NodeStorage.open(config: config, members: configured.map(\.nodeID), logger: logger, layer: layer)
-        // After the first start the membership is the superblock's, never the
-        // flags' (DESIGN.md §2b); the peer list only gives the addresses.
+        let storage = try NodeStorage.open(config: config, members: configured.map(\.nodeID), logger: logger, layer: layer,
+                                           dataDirectory: opened)
+        // After the first start the membership and the members' addresses
+        // are the superblock's, never the flags' (DESIGN.md §2b); the peer
+        // list only fills in addresses a superblock from before addresses
+        // were kept there does not have.
         let memberIDs = storage.durable.record.members
-        // A removed node (not in its own superblock's members) keeps its own
-        // entry: it still listens, answers /status and says it was removed.
-        members = try (memberIDs.contains(selfID) ? memberIDs : (memberIDs + [selfID]).sorted()).map { id in
-            if let member = configured.first(where: { $0.nodeID == id }) { return member }
-            if id == selfID {
-                return ClusterMember(nodeID: selfID, host: config.server.clusterAddress.host, port: config.server.clusterAddress.port)
-            }
-            throw NodeStartError.memberWithoutAddress(nodeID: id, members: memberIDs)
+        var book = Dictionary(storage.superblockState.addresses.map { ($0.nodeID, $0) }, uniquingKeysWith: { _, last in last })
+        for member in configured where book[member.nodeID] == nil { book[member.nodeID] = member }
+        if book[selfID] == nil { book[selfID] = selfAddress }
+        let addresses = book.values.sorted { $0.nodeID < $1.nodeID }
+        for id in memberIDs where book[id] == nil {
+            logger.warning("member \(id) has no known address yet; it is reached once it connects to this node",
+                           metadata: ["members": "\(memberIDs)", "epoch": "\(storage.durable.record.epoch)"])
         }
-        if memberIDs != configured.map(\.nodeID) {
+        if memberIDs != configured.map(\.nodeID) && !config.server.clusterPeers.isEmpty {
             logger.notice("membership comes from the superblock, not from cluster_peers",
                           metadata: ["members": "\(memberIDs)", "cluster_peers": "\(configured.map(\.nodeID))",
                                      "epoch": "\(storage.durable.record.epoch)"])
@@ -94,7 +97,7 @@ public final class KimberliteNode: @unchecked Sendable {
         let ticks = { (duration: Duration) in max(1, Int((duration / Self.tickInterval).rounded(.up))) }
         let heartbeatTicks = ticks(config.consensus.heartbeatInterval)
         let replicaConfiguration = ReplicaConfiguration(
-            members: members.map(\.nodeID), selfID: selfID, heartbeatTicks: heartbeatTicks,
+            members: memberIDs, selfID: selfID, heartbeatTicks: heartbeatTicks,
             electionTimeoutMinTicks: max(ticks(config.consensus.electionTimeoutMin), heartbeatTicks + 1),
             electionTimeoutMaxTicks: max(ticks(config.consensus.electionTimeoutMax), heartbeatTicks + 1),
             maxEntriesPerMessage: config.consensus.maxEntriesPerRPC)
@@ -105,20 +108,20 @@ public final class KimberliteNode: @unchecked Sendable {
         applier = ApplyEngine(projection: projection, registry: registry, logger: layer("projection"))
         checkpointer = Checkpointer(store: storage.checkpoints, projection: projection, interval: config.projections.checkpointInterval,
                                     newestOp: storage.newestCheckpointOp,
-                                    slot: members.firstIndex { $0.nodeID == selfID } ?? 0, logger: layer("checkpoint"))
+                                    slot: memberIDs.firstIndex(of: selfID) ?? 0, logger: layer("checkpoint"))
         applier.checkpointer = checkpointer
         api = ClientAPI(limits: .init(maxRecordSize: config.limits.maxRecordSize, maxBatchSize: config.limits.maxBatchSize,
                                       maxResultRows: config.limits.maxResultRows, requestTimeout: config.limits.requestTimeout,
                                       slowQueryThreshold: config.logging.slowQueryThreshold),
                         projection: projection, registry: registry, metrics: metrics, logger: layer("api"),
                         dataDirectory: config.storage.dataDir, forwarder: forwarder)
-        let selfMember = members.first { $0.nodeID == selfID }!
+        let selfMember = book[selfID]!
         let driverBox = DriverBox()
         let transferBox = TransferBox()
         let api = self.api
         transport = ClusterTransport(
-            selfID: selfID, clusterName: config.server.clusterName, epoch: durable.record.epoch, members: members,
-            listenHost: config.server.clusterAddress.host, listenPort: config.server.clusterAddress.port,
+            selfID: selfID, clusterName: config.server.clusterName, epoch: durable.record.epoch, members: memberIDs,
+            addresses: addresses, advertisedAddress: selfMember.address, listenHost: config.server.clusterAddress.host, listenPort: config.server.clusterAddress.port,
             clientAddress: ClusterTransport.resolveWildcard("\(config.server.bindAddress)", host: selfMember.host),
             metricsAddress: ClusterTransport.resolveWildcard("\(config.telemetry.metricsAddress)", host: selfMember.host),
             version: Self.version, group: group, logger: layer("transport"),
@@ -185,14 +188,19 @@ public final class KimberliteNode: @unchecked Sendable {
         driver.afterBatch = { systemd.watchdogIfDue() }
         api.driver = driver
         backups = BackupService(checkpointer: checkpointer, driver: driver, clusterName: config.server.clusterName, nodeID: selfID)
+        if addresses != storage.superblockState.addresses { driver.persistAddresses(addresses) }
+        transport.onAddressesChanged = { [driver] addresses in driver.persistAddresses(addresses) }
         membership = MembershipService(driver: driver, registry: registry, transport: transport, selfID: selfID,
+                                       clusterName: config.server.clusterName, logger: layer("membership"),
                                        liveWindow: config.consensus.electionTimeoutMax, timeout: config.limits.requestTimeout)
+        let membership = self.membership
+        transport.onJoinRequest = { request, remoteHost in await membership.join(request, remoteHost: remoteHost) }
         for key in config.notInEffectYet {
             logger.warning("configuration key is accepted but not in effect yet", metadata: ["key": "\(key)"])
         }
         logger.info("opened data directory", metadata: [
             "data_dir": "\(config.storage.dataDir)", "op": "\(durable.journalOp)", "applied_op": "\(appliedOp)",
-            "view": "\(durable.record.view)", "members": "\(members.map(\.nodeID))", "sync_mode": "\(config.storage.syncMode.rawValue)",
+            "view": "\(durable.record.view)", "members": "\(memberIDs)", "epoch": "\(durable.record.epoch)", "sync_mode": "\(config.storage.syncMode.rawValue)",
         ])
     }
 
@@ -284,14 +292,10 @@ public final class KimberliteNode: @unchecked Sendable {
 /// Why the node refused to start.
 public enum NodeStartError: Error, CustomStringConvertible {
     case foreignDataDirectory(path: String, detail: String)
-    /// A member recorded in the superblock has no `id=host:port` entry in `cluster_peers`.
-    case memberWithoutAddress(nodeID: NodeID, members: [NodeID])
 
     public var description: String {
         switch self {
         case .foreignDataDirectory(let path, let detail): return "data directory \(path) belongs to another node: \(detail)"
-        case .memberWithoutAddress(let id, let members):
-            return "member \(id) of this node's membership (\(members.map(String.init).joined(separator: ", ")), from its superblock) has no address: add \"\(id)=host:port\" to cluster_peers"
         }
     }
 }

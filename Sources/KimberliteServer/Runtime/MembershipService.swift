@@ -1,15 +1,20 @@
 import Foundation
 import KimberliteCore
+import KimberliteStorage
+import Logging
 import NIOCore
 
-/// Membership changes through the operations port (DESIGN.md §2b):
-/// `POST /members/remove` `{"node_id": N, "force": false}` on the leader
-/// commits a reconfiguration without node N (VRR §7, one change at a time).
+/// Membership changes (DESIGN.md §2b, VRR §7, one change at a time), made
+/// by the leader: `POST /members/remove` `{"node_id": N, "force": false}`
+/// on the operations port commits a reconfiguration without node N, and a
+/// joining node's `joinRequest` on the cluster port one that adds it.
 struct MembershipService: Sendable {
     let driver: ReplicaDriver
     let registry: RequestRegistry
     let transport: ClusterTransport
     let selfID: NodeID
+    let clusterName: String
+    let logger: Logger
     /// A member heard from within this window counts as live (`election_timeout_max`).
     let liveWindow: Duration
     /// How long to wait for the change to commit and apply (`request_timeout`).
@@ -62,7 +67,23 @@ struct MembershipService: Sendable {
                             "removing node \(node) would leave members \(Self.list(remaining)) with \(live.count) live of the \(quorum) a quorum needs "
                             + "(live: \(Self.list(live))); nothing changed. Use --force to remove it anyway").response
         }
-        let change = Reconfiguration(epoch: snapshot.epoch + 1, members: remaining, detail: #"{"removed":\#(node)}"#)
+        let change = Reconfiguration(epoch: snapshot.epoch + 1, members: remaining, detail: MembershipDetail(removed: node).json)
+        switch await commit(change) {
+        case .applied(let op):
+            return APIResponse(status: 200, body: ClientAPI.encode(Changed(epoch: change.epoch, members: remaining, op: op, removed: node)))
+        case .refused(let error):
+            return error.response
+        }
+    }
+
+    /// How a change ended: applied at `op`, or the error to answer with.
+    enum CommitOutcome {
+        case applied(op: OpNumber)
+        case refused(APIError)
+    }
+
+    /// Logs `change` through the replica and waits (at most `timeout`) until it is applied.
+    private func commit(_ change: Reconfiguration) async -> CommitOutcome {
         let id = registry.makeID()
         // No session: a second change must meet the first one and be refused, not pass for its retry.
         let result = await registry.write(id: id, timeout: timeout) { [driver] in
@@ -70,19 +91,106 @@ struct MembershipService: Sendable {
         }
         switch result {
         case .applied(let op, _):
-            return APIResponse(status: 200, body: ClientAPI.encode(Changed(epoch: change.epoch, members: remaining, op: op, removed: node)))
+            return .applied(op: op)
         case .rejected(.reconfigurationInProgress(let op)):
-            return APIError(.membershipChangeInProgress, "a membership change (op \(op)) has not committed yet; one change at a time, retry once it has").response
+            return .refused(APIError(.membershipChangeInProgress, "a membership change (op \(op)) has not committed yet; one change at a time, retry once it has"))
         case .rejected(.invalidReconfiguration(let reason)):
-            return APIError(.membershipChangeRefused, reason).response
+            return .refused(APIError(.membershipChangeRefused, reason))
         case .rejected:
-            return APIError.noLeader("this node stopped leading before the change was logged; nothing changed").response
+            return .refused(APIError.noLeader("this node stopped leading before the change was logged; nothing changed"))
         case .timedOut(let op):
-            return APIError(.outcomeUnknown, "the change did not commit within request_timeout; check `members list` before retrying", op: op).response
+            return .refused(APIError(.outcomeUnknown, "the change did not commit within request_timeout; check `members list` before retrying", op: op))
         case .replaced(let op):
-            return APIError(.outcomeUnknown, "a view change replaced the change at op \(op); check `members list` before retrying", op: op).response
+            return .refused(APIError(.outcomeUnknown, "a view change replaced the change at op \(op); check `members list` before retrying", op: op))
         }
     }
 
+    /// Answers a joining node (DESIGN.md §2b "Join"). A node that does not
+    /// lead redirects it to the leader. The leader refuses, with the reason
+    /// the joiner logs after "Rejected by leader: ", another cluster's node,
+    /// an epoch older than its own, an id that is a member at another
+    /// address, and a join while another change is uncommitted; otherwise
+    /// it commits the reconfiguration adding the node and answers with the
+    /// new epoch's members and addresses. A member asking again from its own
+    /// address with a new data directory (its answer was lost) gets the
+    /// same answer.
+    func join(_ request: Envelope.JoinRequest, remoteHost: String?) async -> Envelope.JoinAnswer {
+        let snapshot = driver.snapshot
+        guard snapshot.isPrimary, snapshot.leader == selfID, snapshot.superseded == nil else {
+            if let leader = snapshot.leader, leader != selfID, snapshot.superseded == nil, let address = transport.address(of: leader) {
+                return .redirect(leader: leader, address: address.address)
+            }
+            return .rejected(reason: "node \(selfID) knows no leader now (status \(snapshot.status.rawValue)); retrying", byLeader: false)
+        }
+        let resolved = ClusterTransport.resolveWildcard(request.clusterAddress, host: remoteHost)
+        func refuse(_ reason: String) -> Envelope.JoinAnswer {
+            logger.warning("refused a joining node: \(reason)", metadata: [
+                "peer": "\(request.nodeID)", "address": "\(resolved)", "remote": "\(remoteHost ?? "?")"])
+            return .rejected(reason: reason, byLeader: true)
+        }
+        if request.clusterName != clusterName {
+            return refuse("cluster name \"\(request.clusterName)\" does not match \"\(clusterName)\"")
+        }
+        if request.epoch > 0 && request.epoch < snapshot.epoch {
+            return refuse("epoch \(request.epoch) is older than the cluster's epoch \(snapshot.epoch)")
+        }
+        guard let address = try? ConfigValueParser.address(resolved) else {
+            return refuse("cluster address \"\(request.clusterAddress)\" is not host:port")
+        }
+        let members = snapshot.members
+        if members.contains(request.nodeID) {
+            let known = transport.address(of: request.nodeID)
+            if let known, request.epoch == 0, known.host == address.host, known.port == address.port {
+                return accepted(epoch: snapshot.epoch, members: members, joiner: nil)
+            }
+            return refuse("node id \(request.nodeID) is already a member (\(known?.address ?? "address unknown"))")
+        }
+        let change = Reconfiguration(epoch: snapshot.epoch + 1, members: members + [request.nodeID],
+                                     detail: MembershipDetail(added: request.nodeID, address: "\(address)").json)
+        logger.notice("node \(request.nodeID) asks to join from \(address): logging the reconfiguration that adds it",
+                      metadata: ["epoch": "\(change.epoch)", "members": "\(change.members)"])
+        switch await commit(change) {
+        case .applied(let op):
+            let joiner = MemberAddress(nodeID: request.nodeID, host: address.host, port: address.port, sinceEpoch: change.epoch)
+            logger.notice("node \(request.nodeID) joined at epoch \(change.epoch)", metadata: ["op": "\(op)", "members": "\(change.members)"])
+            return accepted(epoch: change.epoch, members: change.members, joiner: joiner)
+        case .refused(let error):
+            return refuse("\(error.code.status) \(error.code.rawValue): \(error.message)")
+        }
+    }
+
+    private func accepted(epoch: UInt64, members: [NodeID], joiner: MemberAddress?) -> Envelope.JoinAnswer {
+        var book = Dictionary(transport.addresses.map { ($0.nodeID, $0) }, uniquingKeysWith: { _, last in last })
+        if let joiner { book[joiner.nodeID] = joiner }
+        return .accepted(clusterName: clusterName, epoch: epoch, members: members.compactMap { book[$0] })
+    }
+
     static func list(_ members: [NodeID]) -> String { "[" + members.map(String.init).joined(separator: ",") + "]" }
+}
+
+/// What the runtime writes in a reconfiguration's `detail` (JSON, audited in
+/// `_kmb_audit`): `{"added": N, "address": "host:port"}` for a join,
+/// `{"removed": N}` for a removal.
+struct MembershipDetail: Codable, Equatable {
+    var added: NodeID?
+    /// The added node's cluster address.
+    var address: String?
+    var removed: NodeID?
+
+    init(added: NodeID, address: String) { self.added = added; self.address = address }
+    init(removed: NodeID) { self.removed = removed }
+
+    /// Decodes a detail; nil when it is not this shape.
+    init?(json: String) {
+        guard let decoded = try? JSONDecoder().decode(Self.self, from: Data(json.utf8)) else { return nil }
+        self = decoded
+    }
+
+    var json: String { String(decoding: ClientAPI.encode(self), as: UTF8.self) }
+
+    /// The added member and where it listens, when this detail adds one with a valid address.
+    var addedMember: (nodeID: NodeID, host: String, port: Int)? {
+        guard let added, let address, let parsed = try? ConfigValueParser.address(address) else { return nil }
+        return (added, parsed.host, parsed.port)
+    }
 }

@@ -11,20 +11,21 @@ extension KimberliteNode {
         let now = NIODeadline.now()
         var healthy = 0
         // The current epoch's members (a committed reconfiguration changes them).
-        let current = members.filter { snapshot.members.isEmpty || snapshot.members.contains($0.nodeID) }
-        let memberReports = current.map { member -> StatusReport.Member in
-            if member.nodeID == config.server.nodeID {
+        let current = snapshot.members.isEmpty ? transport.currentMembers : snapshot.members
+        let memberReports = current.map { id -> StatusReport.Member in
+            let member = transport.address(of: id)
+            if id == config.server.nodeID {
                 healthy += 1
-                return .init(nodeID: member.nodeID, clusterAddress: member.address,
-                             clientAddress: ClusterTransport.resolveWildcard("\(config.server.bindAddress)", host: member.host),
-                             metricsAddress: ClusterTransport.resolveWildcard("\(config.telemetry.metricsAddress)", host: member.host),
+                return .init(nodeID: id, clusterAddress: member?.address ?? "\(config.server.clusterAddress)",
+                             clientAddress: ClusterTransport.resolveWildcard("\(config.server.bindAddress)", host: member?.host),
+                             metricsAddress: ClusterTransport.resolveWildcard("\(config.telemetry.metricsAddress)", host: member?.host),
                              state: "up", lastSeenMs: 0)
             }
-            let peer = peers[member.nodeID]
+            let peer = peers[id]
             let sinceMs = peer?.lastSeen.map { Int((now - $0).nanoseconds / 1_000_000) }
             let up = sinceMs.map { Double($0) <= window.milliseconds } ?? false
             if up { healthy += 1 }
-            return .init(nodeID: member.nodeID, clusterAddress: member.address, clientAddress: peer?.clientAddress,
+            return .init(nodeID: id, clusterAddress: member?.address ?? "unknown", clientAddress: peer?.clientAddress,
                          metricsAddress: peer?.metricsAddress, state: up ? "up" : "down", lastSeenMs: sinceMs)
         }
         let applied = projection.appliedOp

@@ -25,9 +25,9 @@ struct NodeStorage {
     /// - Throws: `StorageError` (`.locked` → exit 75, unreadable or corrupt files),
     ///   `NodeStartError.foreignDataDirectory`, projection errors.
     static func open(config: ServerConfig, members: [NodeID], logger: Logger,
-                     layer: (String) -> Logger) throws -> NodeStorage {
+                     layer: (String) -> Logger, dataDirectory opened: DataDirectory? = nil) throws -> NodeStorage {
         let selfID = config.server.nodeID
-        let dataDirectory = try DataDirectory(path: config.storage.dataDir)
+        let dataDirectory = try opened ?? DataDirectory(path: config.storage.dataDir)
         let superblock = try dataDirectory.openSuperblock()
         var stored = try superblock.read()
         if let stored, stored.clusterName != config.server.clusterName || stored.nodeID != selfID {

@@ -144,6 +144,16 @@ final class ReplicaDriver: @unchecked Sendable {
 
     func submit(_ input: DriverInput) { queue.push([input]) }
 
+    /// Writes the members' cluster addresses to the superblock (DESIGN.md §2b:
+    /// after the first start they come from there, not from the flags).
+    func persistAddresses(_ addresses: [MemberAddress]) {
+        submit(.inspect { [unowned self] _, _ in
+            guard superblockState.addresses != addresses else { return }
+            superblockState.addresses = addresses
+            writeSuperblock()
+        })
+    }
+
     /// Records, durably, that a member of `newerEpoch` refused this node
     /// (DESIGN.md §2b "Force leader"); the transport is already silenced.
     func markSuperseded(newerEpoch: UInt64, by peer: NodeID) {
@@ -454,6 +464,11 @@ final class ReplicaDriver: @unchecked Sendable {
         case .reconfigured(let epoch, let members, let op):
             logger.notice("membership changed: the reconfiguration committed; this node is in the new epoch",
                           metadata: ["epoch": "\(epoch)", "members": "\(members)", "op": "\(op)"])
+            // A member added by a join: where it listens is in the entry.
+            if let payload = replica.entry(op)?.payload, let change = Reconfiguration.decode(payload),
+               let added = MembershipDetail(json: change.detail)?.addedMember {
+                transport.learn(MemberAddress(nodeID: added.nodeID, host: added.host, port: added.port, sinceEpoch: epoch))
+            }
         case .epochLearned(let epoch, let from):
             logger.warning("Recovering: node \(from) is in the newer epoch \(epoch) and this node's log lacks what it committed; fetching it before taking part again",
                            metadata: ["epoch": "\(epoch)", "peer": "\(from)"])

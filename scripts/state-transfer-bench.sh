@@ -10,7 +10,11 @@
 # then kills a follower with SIGKILL, wipes its data directory (rm -rf
 # data_dir/*) and starts it again. Prints the transfer's size, time and
 # MB/s (from the receiver's log) and the time from the restart to the
-# follower being back in normal status with everything applied.
+# follower being back in normal status with everything applied. Then a
+# fourth node with a new data directory joins through the leader
+# (--cluster-peers "127.0.0.1:PORT", no ids): prints the time from its start
+# to the leader's cluster_size 4, and to the joiner in normal status with
+# everything applied (the join time of issue 8).
 #
 #   scripts/state-transfer-bench.sh [--size-mb 500] [--keep]
 source "$(dirname "$0")/common.sh"
@@ -121,3 +125,21 @@ echo "state transfer: three nodes on loopback, release build, sync_mode fsync, $
 echo "  $line"
 echo "  checkpoint: $(field bytes) bytes in $(field seconds) s = $(field mb_per_second) MB/s (target: at least 200 MB/s)"
 echo "  wiped follower back in normal status with everything applied: $(awk -v a="$restarted" -v b="$done_at" 'BEGIN{printf "%.1f", b-a}') s after its restart"
+
+# Join: node 4, new data directory, host:port of the leader only.
+leader=$(loopback_leader)
+commit=$(curl -fsS "127.0.0.1:$(ops "$leader")/status" | jq .commit_number)
+join_started=$(date +%s.%N)
+loopback_node_start 4 KMB_LOG_LEVEL=info KMB_CLUSTER_PEERS="127.0.0.1:$(( $(loopback_client_port "$leader") + 1 ))"; pids[4]=$LOOPBACK_PID
+size_four() { [ "$(curl -fsS -m 1 "127.0.0.1:$(ops "$leader")/status" | jq .cluster_size)" = 4 ]; }
+wait_for "the leader to report cluster_size 4" 300 size_four
+member_at=$(date +%s.%N)
+joined() {
+    local status; status=$(curl -fsS -m 1 "127.0.0.1:$(ops 4)/status") || return 1
+    [ "$(jq -r .status <<<"$status")" = normal ] && (( $(jq .projection.applied_op <<<"$status") >= commit ))
+}
+wait_for "the joiner to catch up" 900 joined
+joined_at=$(date +%s.%N)
+grep -m1 'Joined cluster' "$WORK/node4.log" >/dev/null || die "no 'Joined cluster' line in $WORK/node4.log"
+echo "  join (node 4 through the leader, projection ${size_mb}+ MB): cluster_size 4 $(awk -v a="$join_started" -v b="$member_at" 'BEGIN{printf "%.1f", b-a}') s after its start;"
+echo "    in normal status with everything applied $(awk -v a="$join_started" -v b="$joined_at" 'BEGIN{printf "%.1f", b-a}') s after its start"

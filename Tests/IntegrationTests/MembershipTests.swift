@@ -90,6 +90,42 @@ import Testing
         #expect(write.status == 200, "\(write.text)")
     }
 
+    /// `--force` removes a live member even when the members left lack a
+    /// quorum of live nodes (etcd's behaviour): the change commits with the
+    /// old epoch's quorum, and the new epoch waits for its dead member.
+    @Test func forcedRemovalCommitsAndTheClusterWaitsForItsDeadMember() async throws {
+        let cluster = try await ErrorOutcomeTests.clusterWithTable()
+        defer { cluster.shutdown() }
+        let leader = try await cluster.waitForLeader()
+        let followers = [1, 2, 3].filter { $0 != leader }
+        cluster.kill9(followers[0])
+        try await cluster.waitUntil("the leader sees node \(followers[0]) down") {
+            let members = await cluster.status(leader)?["cluster_members"] as? [[String: Any]] ?? []
+            return members.contains { $0["node_id"] as? Int == followers[0] && $0["state"] as? String == "down" }
+        }
+        let forced = try await Self.members(cluster, ["remove", "--node-id", "\(followers[1])", "--force"], via: leader)
+        #expect(forced.exited && forced.status == 0, "\(forced)")
+        try await cluster.waitUntil("epoch 1 with the leader and the dead node") {
+            let status = await cluster.status(leader)
+            return status?["epoch"] as? Int == 1 && JoinTests.memberIDs(status) == [leader, followers[0]].sorted()
+        }
+        // Two members, one of them down: no quorum, so no write commits (and none is lost).
+        let stuck = try await cluster.execute(on: leader, ErrorOutcomeTests.insert("without-quorum"), clientID: "w", requestNumber: 1)
+        #expect(stuck.status != 200, "a write committed without a quorum: \(stuck.text)")
+        // The dead member comes back: the two-member cluster elects a leader and writes.
+        try cluster.restart(followers[0])
+        try await cluster.waitForLeader(among: [leader, followers[0]], timeout: .seconds(60))
+        let write = try await cluster.executeWithRetry(ErrorOutcomeTests.insert("after"), clientID: "w", requestNumber: 2)
+        #expect(write.status == 200, "\(write.text)")
+        try await cluster.waitUntil("both members hold the row") {
+            for id in [leader, followers[0]] {
+                let reply = try await cluster.query(on: id, "SELECT count(*) FROM fate WHERE name = 'after'", consistency: "stale")
+                if (reply.body["rows"] as? [[Any]])?.first?.first as? Int != 1 { return false }
+            }
+            return true
+        }
+    }
+
     /// One change at a time: while a change waits for a quorum (both
     /// followers stopped), a second one is refused with 409 and changes nothing.
     @Test func aSecondChangeWhileOneIsInFlightIs409() async throws {

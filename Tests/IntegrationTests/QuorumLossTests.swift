@@ -108,4 +108,65 @@ import Testing
             try await Task.sleep(for: .milliseconds(250))  // poll interval of the watch
         }
     }
+
+    /// Step 3 of the guide: after the force-leader, two fresh nodes (new data
+    /// directories, the lost nodes' ids) join the survivor and the cluster
+    /// is three again; the old members, started with their old data, are
+    /// earlier incarnations of ids now in use and stay out.
+    @Test func twoFreshNodesJoinTheForcedLeaderAndTheOldMembersStayOut() async throws {
+        let cluster = try await ErrorOutcomeTests.clusterWithTable()
+        defer { cluster.shutdown() }
+        let leader = try await cluster.waitForLeader()
+        let survivor = [1, 2, 3].first { $0 != leader }!
+        let lost = [1, 2, 3].filter { $0 != survivor }
+        for n in 1...10 {
+            let reply = try await cluster.executeWithRetry(ErrorOutcomeTests.insert("row-\(n)"), clientID: "w", requestNumber: n)
+            #expect(reply.status == 200, "\(reply.text)")
+        }
+        try await cluster.waitUntil("the survivor applied all 10 rows") { try await cluster.count("fate", on: survivor) == 10 }
+        for id in lost { cluster.kill9(id) }
+        _ = try await cluster.stop(survivor)
+        let forced = try await Self.forceLeader(cluster, node: survivor)
+        #expect(forced.exited && forced.status == 0, "\(forced)")
+        try cluster.restart(survivor)
+        _ = try await cluster.waitForLeader(among: [survivor])
+
+        // kimberlite-server --node-id N --cluster-peers "survivor:7001", one at a time.
+        var fresh: [Int] = []
+        for (index, id) in lost.enumerated() {
+            let slot = JoinTests.joiner(cluster, through: survivor, ["KMB_NODE_ID": "\(id)"])
+            try cluster.restart(slot)
+            fresh.append(slot)
+            try await cluster.waitUntil("cluster_size \(index + 2) at epoch \(index + 2)", timeout: .seconds(60)) {
+                let status = await cluster.status(survivor)
+                return status?["cluster_size"] as? Int == index + 2 && status?["epoch"] as? Int == index + 2
+            }
+        }
+        try await cluster.waitForLeader(among: [survivor] + fresh)
+        let write = try await cluster.executeWithRetry(ErrorOutcomeTests.insert("after-joins"), clientID: "after", requestNumber: 1)
+        #expect(write.status == 200, "\(write.text)")
+        for slot in fresh {
+            try await cluster.waitUntil("fresh node in slot \(slot) holds all 11 rows", timeout: .seconds(40)) {
+                try await cluster.count("fate", on: slot) == 11
+            }
+        }
+
+        // The old members come back with their old data: refused as earlier incarnations, serving nothing.
+        for id in lost { try cluster.restart(id) }
+        for id in lost {
+            try await cluster.waitUntil("old member \(id) is refused", timeout: .seconds(30)) {
+                cluster.log(of: id).contains("epoch 0 is older than the cluster's epoch 3")
+            }
+            let reply = try await cluster.execute(on: id, ErrorOutcomeTests.insert("old-\(id)"))
+            #expect(reply.status == 503, "old member \(id) answered a write: \(reply.text)")
+            let status = await cluster.status(id)
+            #expect(status?["status"] as? String == "recovering" && status?["leader_id"] as? Int == 0, "\(status ?? [:])")
+        }
+        // The cluster is the survivor and the two fresh nodes, and still writes.
+        let status = try #require(await cluster.status(survivor))
+        #expect(status["cluster_size"] as? Int == 3 && JoinTests.memberIDs(status) == [1, 2, 3], "\(status)")
+        let last = try await cluster.executeWithRetry(ErrorOutcomeTests.insert("last"), clientID: "after", requestNumber: 2)
+        #expect(last.status == 200, "\(last.text)")
+        #expect(try await cluster.count("fate", on: survivor, consistency: "strong") == 12)
+    }
 }

@@ -337,6 +337,39 @@ public final class Journal {
         return freed
     }
 
+    /// Puts the older part of the log back below this log's base (the
+    /// background backfill after a state transfer, DESIGN.md §2b): `staged`
+    /// is a journal in another directory holding exactly ops 1…`base.op`,
+    /// its last entry being the one this log chains onto. Its segment files
+    /// move into this log's directory; then `persistBase` records the base
+    /// (0, .zero) and the log runs from op 1 again. A crash before
+    /// `persistBase` leaves files at or below the recorded base, which the
+    /// next open removes (nothing is lost but the backfill).
+    /// - Throws: `.invalidArgument` when `staged` does not end where this log
+    ///   begins (then nothing changes); what `persistBase` throws; `StorageError.io`.
+    public func adoptOlderLog(from staged: Journal, persistBase: ((op: OpNumber, checksum: Checksum)) throws -> Void) throws {
+        guard base.op > 0, staged.base.op == 0, staged.lastOp == base.op, staged.lastChecksum == base.checksum,
+              staged.pendingCorruption == nil else {
+            throw StorageError.invalidArgument("the backfilled log (ops \(staged.firstOp)…\(staged.lastOp)) does not end where this log begins (after op \(base.op))")
+        }
+        try staged.sync()
+        staged.close()
+        var moved: [Segment] = []
+        for var segment in staged.segments where !segment.offsets.isEmpty {
+            let target = directory + "/" + SegmentFormat.fileName(firstOp: segment.firstOp)
+            try FileIO.rename(segment.path, target)
+            segment.path = target
+            moved.append(segment)
+        }
+        try FileIO.syncDirectory(directory)
+        try persistBase((0, .zero))
+        segments = moved + segments
+        base = (0, .zero)
+        sizeGauge.record(sizeBytes)
+        logger.notice("journal holds the whole log again: older segments backfilled", metadata: [
+            "segments": "\(moved.count)", "first_op": "\(firstOp)", "last_op": "\(lastOp)"])
+    }
+
     /// Replaces the whole log by an empty one based on `newBase` (a
     /// checkpoint installed by state transfer): the next append must be op
     /// `newBase.op + 1` chaining onto `newBase.checksum`. `persistBase` runs

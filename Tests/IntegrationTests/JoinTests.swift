@@ -34,7 +34,10 @@ import Testing
         try await cluster.waitUntil("the leader reports cluster_size 4", timeout: .seconds(40)) {
             await cluster.status(leader)?["cluster_size"] as? Int == 4
         }
-        #expect(cluster.log(of: joiner).contains("Joined cluster \(cluster.clusterName) as node 4 at epoch 1"), "\(cluster.log(of: joiner))")
+        // The leader counts the joiner once the change commits; the joiner logs once the answer reaches it.
+        try await cluster.waitUntil("the joiner logs that it joined") {
+            cluster.log(of: joiner).contains("Joined cluster \(cluster.clusterName) as node 4 at epoch 1")
+        }
         try await cluster.waitUntil("the joiner holds every row", timeout: .seconds(40)) {
             try await cluster.count("fate", on: joiner) == 20
         }

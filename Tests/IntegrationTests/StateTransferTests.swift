@@ -106,6 +106,52 @@ import Testing
         #expect(compactedFrom > 1)
     }
 
+    /// Compaction off (the default): a wiped follower still receives a
+    /// checkpoint rather than the whole log replayed (the leader holds the
+    /// early ops only on disk, past the 1,024 applied ops it keeps in
+    /// memory), and then the log's older segments in the background, until
+    /// its journal holds the whole audit log from op 1 again.
+    @Test func aWipedFollowerGetsACheckpointThenTheOlderSegmentsWhenCompactionIsOff() async throws {
+        let cluster = try Cluster.prepare(nodes: 3)
+        cluster.extraConfig = "[projections]\ncheckpoint_interval = 500\n[storage]\nsegment_size = \"16KB\""
+        defer { cluster.shutdown() }
+        for id in 1...3 { try cluster.restart(id) }
+        let leader = try await cluster.waitForLeader()
+        let follower = [1, 2, 3].first { $0 != leader }!
+        _ = try await cluster.executeWithRetry([CorruptionTests.createTable], clientID: "setup", requestNumber: 1)
+        // One op per write: enough ops that op 1 is on the leader's disk only.
+        try await cluster.insertItems((1...2_200).map { "row-\($0)" }, clientID: "w")
+        try await cluster.waitUntil("a checkpoint past op 1,000 on the leader") {
+            (await cluster.metric(leader, "kmb_checkpoint_op") ?? 0) >= 1_000
+        }
+
+        cluster.kill9(follower)
+        try Self.wipe(cluster.nodes[follower - 1].dataDir)
+        try cluster.restart(follower)
+        try await cluster.waitUntil("the wiped follower is normal again with every row", timeout: .seconds(60)) {
+            guard let status = await cluster.status(follower), status["status"] as? String == "normal" else { return false }
+            return try await cluster.count("items", on: follower) == 2_200
+        }
+        let line = try #require(Self.stateTransferLine(cluster, follower), "no state transfer: \(cluster.log(of: follower).suffix(3000))")
+        #expect(line.contains("checkpoint at op"), "\(line)")
+        try await cluster.waitUntil("the backfill brought back the log's older segments", timeout: .seconds(60)) {
+            try cluster.log(of: follower).contains("Backfill complete") && Self.firstSegmentOp(cluster, follower) == 1
+        }
+        #expect(!FileManager.default.fileExists(atPath: cluster.nodes[follower - 1].dataDir + "/log-backfill"))
+        try await cluster.insertItems((2_201...2_210).map { "row-\($0)" }, clientID: "w2")
+        try await cluster.waitUntil("the follower applies the new rows") { try await cluster.count("items", on: follower) == 2_210 }
+        // Offline, its log checks whole from op 1, like the leader's.
+        try await Self.expectIdenticalProjections(cluster)
+        for id in [leader, follower] {
+            let report = try await CorruptionTests.verify(cluster.nodes[id - 1].dataDir)
+            #expect(report.exited && report.status == 0, "\(report)")
+            // Every entry from op 1: as many entries as the last op.
+            let summary = report.stdout.split(separator: "\n").last { $0.hasPrefix("verify:") } ?? ""
+            let numbers = summary.matches(of: /(\d+) entries, last op (\d+)/).first.map { (Int($0.1)!, Int($0.2)!) }
+            #expect(numbers.map { $0.0 == $0.1 && $0.1 >= 2_211 } == true, "node \(id): \(summary)")
+        }
+    }
+
     static func fileSize(_ path: String) -> Int {
         (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int ?? 0
     }

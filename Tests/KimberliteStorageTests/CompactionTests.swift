@@ -129,4 +129,41 @@ import Testing
         // A malformed offer is refused before anything is written.
         #expect(throws: StorageError.self) { _ = try IncomingCheckpoint(dataDir: dir.path, op: 0, anchor: anchor, bytes: 1, sha256: "zz") }
     }
+
+    /// The backfill after a state transfer: ops 1…60 fetched into a staged
+    /// journal are put back below the base, and the log runs from op 1
+    /// again, also after a reopen. A staged log that does not end on the
+    /// base's checksum (another history) is refused and nothing changes.
+    @Test func olderSegmentsBackfilledBelowTheBaseMakeTheLogWholeAgain() throws {
+        let dir = TempDirectory()
+        let log = dir.sub("log")
+        let cluster = makeEntries(count: 80, payloadSize: 40)
+        let anchor = (op: OpNumber(60), checksum: cluster[59].checksum)
+        let journal = try Journal(directory: log, segmentSize: 600, syncMode: .fsync, logger: quietLogger)
+        try journal.reset(to: anchor) { _ in }
+        try journal.append(Array(cluster[60...]))
+        try journal.sync()
+
+        let foreign = try Journal(directory: dir.sub("foreign"), segmentSize: 600, syncMode: .fsync, logger: quietLogger)
+        try foreign.append(makeEntries(count: 60, payloadSize: 40, salt: 3))
+        #expect(throws: StorageError.self) { try journal.adoptOlderLog(from: foreign) { _ in Issue.record("base persisted") } }
+        #expect(journal.firstOp == 61)
+
+        let staged = try Journal(directory: dir.sub("backfill"), segmentSize: 600, syncMode: .fsync, logger: quietLogger)
+        try staged.append(Array(cluster[0..<30]))
+        // Not all of it yet: refused.
+        #expect(throws: StorageError.self) { try journal.adoptOlderLog(from: staged) { _ in } }
+        try staged.append(Array(cluster[30..<60]))
+        var persisted: (op: OpNumber, checksum: Checksum)?
+        try journal.adoptOlderLog(from: staged) { persisted = $0 }
+        #expect(persisted?.op == 0 && persisted?.checksum == .zero)
+        #expect(journal.firstOp == 1 && journal.base.op == 0)
+        #expect(try journal.entries(from: 1, through: 80) == cluster)
+        #expect(try segmentNames(dir.sub("backfill")).isEmpty)
+        try journal.append(makeEntries(count: 1, from: 81, parent: cluster[79].checksum, payloadSize: 40))
+        try journal.sync()
+        let reopened = try Journal(directory: log, segmentSize: 600, syncMode: .fsync, logger: quietLogger)
+        #expect(reopened.recovery.isClean && reopened.lastOp == 81)
+        #expect(Array(try reopened.loadAll().prefix(80)) == cluster)
+    }
 }

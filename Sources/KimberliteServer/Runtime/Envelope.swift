@@ -30,6 +30,18 @@ enum Envelope: Sendable, Equatable {
     /// Sender → receiver: those bytes and their CRC32C; `error` (non-empty)
     /// says why there are none (the checkpoint is gone).
     case stateTransferChunk(op: OpNumber, offset: UInt64, data: [UInt8], crc32c: UInt32, error: String)
+    /// Receiver → primary: this node's journal and projection are empty (a
+    /// wiped or joining node), so it takes the newest checkpoint rather than
+    /// the whole log replayed (DESIGN.md §2b); without a checkpoint the
+    /// primary sends entries as usual.
+    case stateTransferWanted
+    /// Backfill after a state transfer (DESIGN.md §2b, compaction off): the
+    /// sender asks for ops `from…through` of the peer's journal.
+    case backfillRead(from: OpNumber, through: OpNumber)
+    /// Answers `backfillRead`: contiguous entries starting at `from` (a
+    /// prefix of what was asked, bounded in bytes), or `error` (non-empty)
+    /// saying why there are none (the peer compacted them away).
+    case backfillEntries(from: OpNumber, entries: [LogEntry], error: String)
     /// First (and only) frame of a joining node's connection (DESIGN.md §2b "Join").
     case joinRequest(JoinRequest)
     /// The answer to a `joinRequest`; the connection closes after it.
@@ -113,6 +125,14 @@ enum Envelope: Sendable, Equatable {
         case .stateTransferChunk(let op, let offset, let data, let crc, let error):
             writer.write(UInt8(10)); writer.write(op); writer.write(offset); writer.writeBlob(data); writer.write(crc)
             writer.writeString(error)
+        case .stateTransferWanted:
+            writer.write(UInt8(13))
+        case .backfillRead(let from, let through):
+            writer.write(UInt8(14)); writer.write(from); writer.write(through)
+        case .backfillEntries(let from, let entries, let error):
+            writer.write(UInt8(15)); writer.write(from); writer.write(UInt32(entries.count))
+            for entry in entries { entry.encode(into: &writer) }
+            writer.writeString(error)
         case .joinRequest(let request):
             writer.write(UInt8(11)); writer.writeString(request.clusterName); writer.write(request.nodeID); writer.write(request.epoch)
             writer.writeString(request.clusterAddress); writer.writeString(request.version)
@@ -161,6 +181,16 @@ enum Envelope: Sendable, Equatable {
         case 10:
             envelope = .stateTransferChunk(op: try reader.read(), offset: try reader.read(), data: try reader.readBlob(),
                                            crc32c: try reader.read(), error: try reader.readString())
+        case 13: envelope = .stateTransferWanted
+        case 14: envelope = .backfillRead(from: try reader.read(), through: try reader.read())
+        case 15:
+            let from: OpNumber = try reader.read()
+            let count = Int(try reader.read(UInt32.self))
+            guard count <= reader.remaining else { throw DecodeError.invalid("entry count \(count)") }
+            var entries: [LogEntry] = []
+            entries.reserveCapacity(count)
+            for _ in 0..<count { entries.append(try LogEntry.decode(from: &reader)) }
+            envelope = .backfillEntries(from: from, entries: entries, error: try reader.readString())
         case 11:
             envelope = .joinRequest(JoinRequest(clusterName: try reader.readString(), nodeID: try reader.read(), epoch: try reader.read(),
                                                 clusterAddress: try reader.readString(), version: try reader.readString()))

@@ -30,6 +30,8 @@ public final class KimberliteNode: @unchecked Sendable {
     let membership: MembershipService
     let stateTransferSource: StateTransferSource
     let stateTransferSink: StateTransferSink
+    /// Fetches the log's older ops after a state transfer (compaction off); nil with compaction on.
+    let backfill: LogBackfill?
     /// The superblock as start-up left it.
     private let startupSuperblock: SuperblockState
     let api: ClientAPI
@@ -146,6 +148,12 @@ public final class KimberliteNode: @unchecked Sendable {
                     transferBox.source?.serve(op: op, sha256: sha256, offset: offset, length: length, to: from)
                 case .stateTransferChunk(let op, let offset, let data, let crc, let error):
                     transferBox.sink?.chunk(op: op, offset: offset, data: data, crc32c: crc, error: error, from: from)
+                case .stateTransferWanted:
+                    transferBox.source?.noteWanted(by: from)
+                case .backfillRead(let start, let through):
+                    driverBox.driver?.serveBackfill(from: start, through: through, to: from)
+                case .backfillEntries(let start, let entries, let error):
+                    transferBox.backfill?.received(from: from, start: start, entries: entries, error: error)
                 default:
                     break
                 }
@@ -162,6 +170,15 @@ public final class KimberliteNode: @unchecked Sendable {
                                               logger: layer("state_transfer"))
         transferBox.source = stateTransferSource
         transferBox.sink = stateTransferSink
+        if config.storage.compaction {
+            backfill = nil
+        } else {
+            let backfill = LogBackfill(dataDir: dataDirectory.path, segmentSize: config.storage.segmentSize, transport: transport,
+                                       driver: driver, logger: layer("state_transfer"))
+            self.backfill = backfill
+            transferBox.backfill = backfill
+            stateTransferSink.afterInstall = { backfill.startIfNeeded() }
+        }
         driver.stateTransferSource = stateTransferSource
         if config.storage.compaction {
             // Segments wholly below the older of the two newest checkpoints go (DESIGN.md §2b).
@@ -224,6 +241,7 @@ public final class KimberliteNode: @unchecked Sendable {
         defer { audit?.cancel() }
         applier.start()
         driver.start()
+        backfill?.startIfNeeded()
         startTimer()
         let service = NodeService(node: self)
         let clientApp = Application(
@@ -256,6 +274,7 @@ public final class KimberliteNode: @unchecked Sendable {
     private func shutdown() {
         logger.info("shutting down: stopping the replica and syncing the journal")
         timer?.cancel()
+        backfill?.stop()
         transport.stop()
         driver.stop()
         registry.failAll()
@@ -307,6 +326,7 @@ private final class DriverBox: @unchecked Sendable {
 private final class TransferBox: @unchecked Sendable {
     var source: StateTransferSource?
     var sink: StateTransferSink?
+    var backfill: LogBackfill?
 }
 
 /// Keeps the node in the service group; its end starts the shutdown.

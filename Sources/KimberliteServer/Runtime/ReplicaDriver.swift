@@ -66,6 +66,12 @@ enum DriverInput: Sendable {
     case inspect(@Sendable (Journal, DurableRecord) -> Void)
 }
 
+/// A journal handed to the driver thread (its one user from then on).
+final class StagedJournal: @unchecked Sendable {
+    let journal: Journal
+    init(_ journal: Journal) { self.journal = journal }
+}
+
 /// Runs the pure `Replica` on one thread together with the journal:
 /// queued events in, actions out, in order. All writes of one batch of
 /// events share one fsync (group commit), and all client requests queued
@@ -195,6 +201,56 @@ final class ReplicaDriver: @unchecked Sendable {
         } ?? false
     }
 
+    /// The op the journal starts after and its checksum; nil when the
+    /// driver is stopping.
+    func journalBase() -> (op: OpNumber, checksum: Checksum)? {
+        onDriverThread { [unowned self] in JournalBase(op: journal.base.op, checksum: journal.base.checksum) }.map { ($0.op, $0.checksum) }
+    }
+
+    private struct JournalBase: Sendable {
+        var op: OpNumber
+        var checksum: Checksum
+    }
+
+    /// Answers a peer's `backfillRead` from the journal (on the driver
+    /// thread, the journal's owner): at most 4 MiB of entries from `from`.
+    func serveBackfill(from: OpNumber, through: OpNumber, to peer: NodeID) {
+        submit(.inspect { [unowned self] journal, _ in
+            let reply: Envelope
+            if from <= journal.base.op {
+                reply = .backfillEntries(from: from, entries: [], error: "node \(transport.selfID) compacted its log through op \(journal.base.op)")
+            } else if from > journal.lastOp || from > through {
+                reply = .backfillEntries(from: from, entries: [], error: "node \(transport.selfID) holds ops \(journal.firstOp)…\(journal.lastOp), not op \(from)")
+            } else {
+                do {
+                    let read = try journal.entries(from: from, through: min(through, journal.lastOp, from + 4095))
+                    reply = .backfillEntries(from: from, entries: Replica.prefix(read[...], maxBytes: 4 << 20), error: "")
+                } catch {
+                    reply = .backfillEntries(from: from, entries: [], error: "node \(transport.selfID) cannot read op \(from): \(error)")
+                }
+            }
+            transport.send(reply, to: peer)
+        })
+    }
+
+    /// Puts the backfilled ops 1…base below the journal (`Journal.adoptOlderLog`)
+    /// and records the base (0) in the superblock. Throws why not (nothing changed).
+    func adoptOlderLog(_ staged: StagedJournal) throws {
+        let outcome = onDriverThread { [unowned self] () -> String? in
+            do {
+                try journal.adoptOlderLog(from: staged.journal) { base in try persistLogBase(base) }
+                return nil
+            } catch {
+                return "\(error)"
+            }
+        }
+        switch outcome {
+        case .none: throw APIError(.noLeader, "the node is shutting down")
+        case .some(.some(let problem)): throw APIError(.operationFailed, problem)
+        case .some(.none): return
+        }
+    }
+
     /// Deletes journal segments wholly at or below `op` (compaction; the
     /// caller picks an op the projection and a checkpoint cover), and lets
     /// the replica drop those ops from memory.
@@ -300,11 +356,23 @@ final class ReplicaDriver: @unchecked Sendable {
             if appendFailed, case .truncateLog = action {} else if appendFailed { continue }
             switch action {
             case .send(let message, let to, let epoch):
+                if case .requestEntries(_, from: 1) = message, journal.lastOp == 0, journal.base.op == 0, registry.appliedOp == 0 {
+                    // A wiped or joining node: a checkpoint beats replaying the
+                    // whole log. Sent first, on the same connection, so the
+                    // primary knows it before it reads the request.
+                    transport.send(.stateTransferWanted, to: to)
+                }
                 transport.send(.vsr(message, epoch: epoch), to: to)
             case .sendEntriesFromJournal(let to, let view, let commit, let lastOp, let from, let through):
                 if from <= journal.base.op {
                     // Compacted away: the peer needs a checkpoint (state transfer).
                     stateTransferSource?.offer(to: to, atLeast: journal.base.op)
+                    continue
+                }
+                if from == 1, let source = stateTransferSource, source.prefersCheckpoint(to), source.hasCheckpoint {
+                    // An empty node asked for the whole log: the newest checkpoint, then
+                    // the log after it; the older segments follow in the background.
+                    source.offer(to: to, atLeast: 1)
                     continue
                 }
                 do {

@@ -5,9 +5,10 @@ import Logging
 import Metrics
 
 /// State transfer, the sending side (DESIGN.md §2b): when a peer asks for
-/// ops this node's journal no longer holds (compacted away), the node
-/// offers its newest checkpoint at or above the journal's base, then serves
-/// its bytes in chunks with a CRC32C each. The offered checkpoint is pinned
+/// ops this node's journal no longer holds (compacted away), or an empty
+/// peer (wiped, or joining) asks for the whole log, the node offers its
+/// newest checkpoint at or above the journal's base, then serves its bytes
+/// in chunks with a CRC32C each. The offered checkpoint is pinned
 /// so pruning keeps it while it may be read.
 final class StateTransferSource: @unchecked Sendable {
     /// Largest chunk served (bytes).
@@ -31,6 +32,20 @@ final class StateTransferSource: @unchecked Sendable {
         self.transport = transport
         self.logger = logger
     }
+
+    /// Peers that said they are empty (`stateTransferWanted`), and when.
+    private var wanted: [NodeID: ContinuousClock.Instant] = [:]
+
+    /// `peer` reported an empty journal and projection: it takes a checkpoint.
+    func noteWanted(by peer: NodeID) { lock.withLock { wanted[peer] = .now } }
+
+    /// Whether `peer` said it is empty within the last 5 s.
+    func prefersCheckpoint(_ peer: NodeID) -> Bool {
+        lock.withLock { wanted[peer].map { ContinuousClock.now - $0 < .seconds(5) } ?? false }
+    }
+
+    /// Whether this node holds a checkpoint it could offer.
+    var hasCheckpoint: Bool { !((try? store.ops()) ?? []).isEmpty }
 
     /// Offers `peer` the newest checkpoint at or above `base` (the op the
     /// journal now starts after); at most once a second per peer, since a
@@ -131,6 +146,8 @@ final class StateTransferSink: @unchecked Sendable {
     private var lastProgress = ContinuousClock.now
     private var startedAt = ContinuousClock.now
     private var resumedAt = 0
+    /// Called after a checkpoint was installed (the log backfill starts). Set before `start()`.
+    var afterInstall: (@Sendable () -> Void)?
 
     init(dataDir: String, transport: ClusterTransport, driver: ReplicaDriver, applier: ApplyEngine, logger: Logger) {
         self.dataDir = dataDir
@@ -240,6 +257,7 @@ final class StateTransferSink: @unchecked Sendable {
             if driver.installState(op: installed.op, anchor: installed.anchor) {
                 logger.notice("State transfer complete: the projection and the log now start at the checkpoint; catching up from the leader",
                               metadata: ["op": "\(installed.op)", "peer": "\(source)"])
+                afterInstall?()
             }
         } catch {
             logger.error("state transfer failed; waiting for a new offer", metadata: ["op": "\(current.op)", "error": "\(error)"])

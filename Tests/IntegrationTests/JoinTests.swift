@@ -113,7 +113,9 @@ import Testing
     }
 
     @Test func aJoinWhileARemovalIsInFlightWaitsForIt() async throws {
-        let cluster = try await ErrorOutcomeTests.clusterWithTable()
+        // Long election timeouts: the leader keeps leading while both followers
+        // are stopped (it steps down after election_timeout_max without acknowledgements).
+        let cluster = try await ErrorOutcomeTests.clusterWithTable(timeouts: .init(electionMin: "8s", electionMax: "12s"))
         defer { cluster.shutdown() }
         let leader = try await cluster.waitForLeader()
         let followers = [1, 2, 3].filter { $0 != leader }

@@ -19,13 +19,20 @@ while (($#)); do
 done
 install_dependencies
 cd "$ROOT"
-swift build -c "$configuration" --product kimberlite-server >/dev/null
+if [ "$configuration" = release ]; then
+    # The same static release binaries CI and the other benches use (one build for all).
+    build_static_release
+    binary="$ROOT/docker/stage/kimberlite-server"
+else
+    swift build -c debug --product kimberlite-server >/dev/null
+    binary="$ROOT/.build/debug/kimberlite-server"
+fi
 WORK=$(mktemp -d /tmp/kmb-memory.XXXXXX)
 declare -A pids
 cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-LOOPBACK_BIN="$ROOT/.build/$configuration/kimberlite-server" LOOPBACK_WORK=$WORK LOOPBACK_BASE=47000 LOOPBACK_METRICS_BASE=49090
+LOOPBACK_BIN="$binary" LOOPBACK_WORK=$WORK LOOPBACK_BASE=47000 LOOPBACK_METRICS_BASE=49090
 for n in 1 2 3; do loopback_node_start "$n" KMB_LOG_LEVEL=warn; pids[$n]=$LOOPBACK_PID; done
 wait_for "a leader" 60 loopback_leader
 leader=$(loopback_leader)

@@ -169,6 +169,19 @@ public final class Superblock {
         return best.state
     }
 
+    /// Whether a state with these members and addresses fits a slot even
+    /// with every optional field present: the check made before a change
+    /// that every member must write (a join), so none of them fails to.
+    public static func fits(clusterName: String, members: [NodeID], addresses: [MemberAddress]) -> Bool {
+        var state = SuperblockState(clusterName: clusterName, nodeID: 1, members: members)
+        state.addresses = addresses
+        state.divergence = Divergence(op: 1, peer: 1)
+        state.newestSegmentOp = 1
+        state.supersededByEpoch = 1
+        state.logBaseOp = 1
+        return encode(state).count <= maximumPayload
+    }
+
     /// Durably replaces the state: slots 0-1, fsync, slots 2-3, fsync.
     /// - Throws: `.invalidArgument` if the state does not fit a 4 KiB slot;
     ///   `.diskFull`, `.io` naming the file.

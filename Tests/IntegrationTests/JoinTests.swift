@@ -74,6 +74,20 @@ import Testing
             for id in [1, 2, 3, joiner] where try await cluster.count("fate", on: id) != 21 { return false }
             return true
         }
+
+        // The joiner's disk wiped (rm -rf data_dir/*), restarted with its join flags: it is a
+        // member already, so it comes back as a wiped member does: recovering before it votes.
+        cluster.kill9(joiner)
+        try StateTransferTests.wipe(cluster.nodes[joiner - 1].dataDir)
+        try cluster.restart(joiner)
+        try await cluster.waitUntil("the wiped joiner is a member again with every row", timeout: .seconds(60)) {
+            guard let status = await cluster.status(joiner), status["status"] as? String == "normal" else { return false }
+            return try await cluster.count("fate", on: joiner) == 21
+        }
+        let rejoined = cluster.log(of: joiner)
+        #expect(rejoined.contains("Joined cluster \(cluster.clusterName) as node 4 at epoch 1") && rejoined.contains("recovering=true"), "\(rejoined.prefix(3000))")
+        #expect(rejoined.contains("Recovering complete"), "the wiped member voted without recovering: \(rejoined.prefix(3000))")
+        #expect(await cluster.status(leader)?["cluster_size"] as? Int == 4, "the rejoin changed the membership")
     }
 
     @Test func refusedJoinersStayRecoveringWithTheLineOfTheGuide() async throws {

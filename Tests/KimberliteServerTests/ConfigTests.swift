@@ -435,6 +435,8 @@ struct ConfigTests {
         ("1=node1:7001,,2=node2:7001", "has an empty entry"),
         ("node1:7001,2=node2:7001", "has \"2=node2:7001\" among host:port entries"),
         ("node1:7001,node2", "has \"node2\", whose address is not a host:port address"),
+        ("1=\(String(repeating: "a", count: 254)):7001",
+         "has \"1=\(String(repeating: "a", count: 254)):7001\", whose address is not a host:port address (the host is 254 bytes; at most 253)"),
     ])
     func badPeerEntriesAreNamed(list: String, problem: String) {
         let env = expectConfigError { try load(env: ["KMB_NODE_ID": "1", "KMB_CLUSTER_PEERS": list]) }

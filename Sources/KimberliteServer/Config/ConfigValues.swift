@@ -143,6 +143,10 @@ public enum ConfigValueParser {
         guard !host.isEmpty, host.allSatisfy({ !$0.isWhitespace && $0 != "/" && $0 != "=" && $0 != "," }) else {
             throw ConfigValueError("is not a host:port address (the host is missing or has spaces, '/', '=' or ',')")
         }
+        // DNS names end at 253 bytes; every member's superblock keeps the address.
+        guard host.utf8.count <= 253 else {
+            throw ConfigValueError("is not a host:port address (the host is \(host.utf8.count) bytes; at most 253)")
+        }
         guard let port = Int(portText), portText.allSatisfy(\.isASCII) else {
             throw ConfigValueError("is not a host:port address (the port is not a number)")
         }

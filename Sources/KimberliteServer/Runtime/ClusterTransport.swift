@@ -121,10 +121,12 @@ final class ClusterTransport: @unchecked Sendable {
 
     /// Records where `member` listens (a committed reconfiguration, an
     /// accepted hello); reports the book to `onAddressesChanged` when it
-    /// changed. An entry is never replaced by one of an older incarnation.
-    func learn(_ member: MemberAddress) {
+    /// changed. An entry is never replaced by one of an older incarnation;
+    /// from a peer's book (`gossip`), only by a newer incarnation.
+    func learn(_ member: MemberAddress, gossip: Bool = false) {
         let changed = book.withLockedValue { book -> [MemberAddress]? in
-            if let known = book[member.nodeID], known == member || known.sinceEpoch > member.sinceEpoch { return nil }
+            if let known = book[member.nodeID],
+               known == member || known.sinceEpoch > member.sinceEpoch || (gossip && known.sinceEpoch == member.sinceEpoch) { return nil }
             book[member.nodeID] = member
             return book.values.sorted { $0.nodeID < $1.nodeID }
         }
@@ -226,6 +228,7 @@ final class ClusterTransport: @unchecked Sendable {
             case .success(let channel):
                 var hello = hello
                 hello.epoch = epoch
+                hello.addresses = addresses
                 channel.writeAndFlush(Envelope.hello(hello).frame(allocator: channel.allocator), promise: nil)
                 let keep = state.withLockedValue { state -> Bool in
                     state.connecting.remove(node)
@@ -304,6 +307,9 @@ final class ClusterTransport: @unchecked Sendable {
             // from a peer, not from the reconfiguration entry): its hello says where it listens.
             learn(MemberAddress(nodeID: hello.nodeID, host: advertised.host, port: advertised.port, sinceEpoch: hello.epoch))
         }
+        // Newer incarnations of member ids this node missed (it caught up by
+        // checkpoint, or learned the epoch from a peer).
+        for member in hello.addresses where member.nodeID != selfID { learn(member, gossip: true) }
         let member = address(of: hello.nodeID)
         state.withLockedValue { state in
             var peer = state.peers[hello.nodeID, default: PeerView()]

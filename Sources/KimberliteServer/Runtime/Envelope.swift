@@ -40,8 +40,9 @@ enum Envelope: Sendable, Equatable {
     case backfillRead(from: OpNumber, through: OpNumber)
     /// Answers `backfillRead`: contiguous entries starting at `from` (a
     /// prefix of what was asked, bounded in bytes), or `error` (non-empty)
-    /// saying why there are none (the peer compacted them away).
-    case backfillEntries(from: OpNumber, entries: [LogEntry], error: String)
+    /// saying why there are none. `compactedThrough` is the op the peer's
+    /// log starts after (ops at or below it are gone there for good).
+    case backfillEntries(from: OpNumber, entries: [LogEntry], error: String, compactedThrough: OpNumber)
     /// First (and only) frame of a joining node's connection (DESIGN.md §2b "Join").
     case joinRequest(JoinRequest)
     /// The answer to a `joinRequest`; the connection closes after it.
@@ -61,9 +62,12 @@ enum Envelope: Sendable, Equatable {
 
     /// What the node asked answers a joining node.
     enum JoinAnswer: Sendable, Equatable {
-        /// The reconfiguration adding the node committed: it is a member of
-        /// `epoch` with `members` (their cluster addresses and since-epochs).
-        case accepted(clusterName: String, epoch: UInt64, members: [MemberAddress])
+        /// The node is a member of `epoch` with `members`; `addresses` are
+        /// the cluster addresses and since-epochs the leader knows (a member
+        /// missing there is learned when it connects). `recover`: the node
+        /// was a member already (its first answer was lost, or its data
+        /// directory was wiped), so it recovers before it votes (VRR §4.3).
+        case accepted(clusterName: String, epoch: UInt64, members: [NodeID], addresses: [MemberAddress], recover: Bool)
         /// Ask the leader, node `leader` at `address`, instead.
         case redirect(leader: NodeID, address: String)
         /// Refused, with the reason (`byLeader`: the leader decided it).
@@ -83,6 +87,31 @@ enum Envelope: Sendable, Equatable {
         /// The sender's membership epoch (DESIGN.md §2b): a node of an older
         /// epoch is refused, and one that meets a newer epoch stops serving.
         var epoch: UInt64
+        /// The sender's address book: a receiver that missed a join (it
+        /// caught up by checkpoint, or learned the epoch from a peer) learns
+        /// the newer incarnations of member ids from it.
+        var addresses: [MemberAddress] = []
+    }
+
+    /// `count(u8)` then per member `node id(u8) since epoch(u64) host(string) port(u16)`.
+    static func write(_ addresses: [MemberAddress], to writer: inout ByteWriter) {
+        writer.write(UInt8(addresses.count))
+        for member in addresses {
+            writer.write(member.nodeID); writer.write(member.sinceEpoch); writer.writeString(member.host); writer.write(UInt16(member.port))
+        }
+    }
+
+    static func readAddresses(_ reader: inout ByteReader) throws -> [MemberAddress] {
+        let count: UInt8 = try reader.read()
+        var addresses: [MemberAddress] = []
+        for _ in 0..<count {
+            let nodeID: NodeID = try reader.read()
+            let since: UInt64 = try reader.read()
+            let host = try reader.readString(limit: 255)
+            let port: UInt16 = try reader.read()
+            addresses.append(MemberAddress(nodeID: nodeID, host: host, port: Int(port), sinceEpoch: since))
+        }
+        return addresses
     }
 
     /// A checkpoint the sender can transfer: its op, hash-chain anchor,
@@ -104,7 +133,7 @@ enum Envelope: Sendable, Equatable {
             writer.write(UInt8(1))
             writer.writeString(hello.clusterName); writer.write(hello.nodeID); writer.writeString(hello.clusterAddress)
             writer.writeString(hello.clientAddress); writer.writeString(hello.metricsAddress)
-            writer.writeString(hello.version); writer.write(hello.epoch)
+            writer.writeString(hello.version); writer.write(hello.epoch); Self.write(hello.addresses, to: &writer)
         case .helloReject(let reason, let rejecterID, let isLeader, let epoch):
             writer.write(UInt8(2)); writer.writeString(reason); writer.write(rejecterID); writer.write(isLeader); writer.write(epoch)
         case .vsr(let message, let epoch):
@@ -129,19 +158,18 @@ enum Envelope: Sendable, Equatable {
             writer.write(UInt8(13))
         case .backfillRead(let from, let through):
             writer.write(UInt8(14)); writer.write(from); writer.write(through)
-        case .backfillEntries(let from, let entries, let error):
+        case .backfillEntries(let from, let entries, let error, let compactedThrough):
             writer.write(UInt8(15)); writer.write(from); writer.write(UInt32(entries.count))
             for entry in entries { entry.encode(into: &writer) }
-            writer.writeString(error)
+            writer.writeString(error); writer.write(compactedThrough)
         case .joinRequest(let request):
             writer.write(UInt8(11)); writer.writeString(request.clusterName); writer.write(request.nodeID); writer.write(request.epoch)
             writer.writeString(request.clusterAddress); writer.writeString(request.version)
-        case .joinAnswer(.accepted(let clusterName, let epoch, let members)):
+        case .joinAnswer(.accepted(let clusterName, let epoch, let members, let addresses, let recover)):
             writer.write(UInt8(12)); writer.write(UInt8(1)); writer.writeString(clusterName); writer.write(epoch)
-            writer.write(UInt8(members.count))
-            for member in members {
-                writer.write(member.nodeID); writer.write(member.sinceEpoch); writer.writeString(member.host); writer.write(UInt16(member.port))
-            }
+            writer.writeBlob(members)
+            Self.write(addresses, to: &writer)
+            writer.write(recover)
         case .joinAnswer(.redirect(let leader, let address)):
             writer.write(UInt8(12)); writer.write(UInt8(2)); writer.write(leader); writer.writeString(address)
         case .joinAnswer(.rejected(let reason, let byLeader)):
@@ -158,7 +186,7 @@ enum Envelope: Sendable, Equatable {
         case 1:
             envelope = .hello(Hello(clusterName: try reader.readString(), nodeID: try reader.read(), clusterAddress: try reader.readString(),
                                     clientAddress: try reader.readString(), metricsAddress: try reader.readString(),
-                                    version: try reader.readString(), epoch: try reader.read()))
+                                    version: try reader.readString(), epoch: try reader.read(), addresses: try Self.readAddresses(&reader)))
         case 2: envelope = .helloReject(reason: try reader.readString(), rejecterID: try reader.read(), rejecterIsLeader: try reader.readBool(),
                                         epoch: try reader.read())
         case 3:
@@ -190,7 +218,7 @@ enum Envelope: Sendable, Equatable {
             var entries: [LogEntry] = []
             entries.reserveCapacity(count)
             for _ in 0..<count { entries.append(try LogEntry.decode(from: &reader)) }
-            envelope = .backfillEntries(from: from, entries: entries, error: try reader.readString())
+            envelope = .backfillEntries(from: from, entries: entries, error: try reader.readString(), compactedThrough: try reader.read())
         case 11:
             envelope = .joinRequest(JoinRequest(clusterName: try reader.readString(), nodeID: try reader.read(), epoch: try reader.read(),
                                                 clusterAddress: try reader.readString(), version: try reader.readString()))
@@ -198,18 +226,8 @@ enum Envelope: Sendable, Equatable {
             let kind: UInt8 = try reader.read()
             switch kind {
             case 1:
-                let name = try reader.readString()
-                let epoch: UInt64 = try reader.read()
-                let count: UInt8 = try reader.read()
-                var members: [MemberAddress] = []
-                for _ in 0..<count {
-                    let nodeID: NodeID = try reader.read()
-                    let since: UInt64 = try reader.read()
-                    let host = try reader.readString()
-                    let port: UInt16 = try reader.read()
-                    members.append(MemberAddress(nodeID: nodeID, host: host, port: Int(port), sinceEpoch: since))
-                }
-                envelope = .joinAnswer(.accepted(clusterName: name, epoch: epoch, members: members))
+                envelope = .joinAnswer(.accepted(clusterName: try reader.readString(), epoch: try reader.read(), members: try reader.readBlob(limit: 255),
+                                                 addresses: try Self.readAddresses(&reader), recover: try reader.readBool()))
             case 2: envelope = .joinAnswer(.redirect(leader: try reader.read(), address: try reader.readString()))
             case 3: envelope = .joinAnswer(.rejected(reason: try reader.readString(), byLeader: try reader.readBool()))
             default: throw DecodeError.invalid("join answer kind \(kind)")

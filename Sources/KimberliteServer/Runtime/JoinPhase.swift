@@ -106,6 +106,7 @@ private final class Joiner: @unchecked Sendable {
         let addresses = config.server.joinAddresses
         var next = 0
         var redirect: HostPort?
+        var redirectsInARow = 0
         var backoff = Duration.milliseconds(500)
         var lines = LogThrottle(every: .seconds(5))
         // Answers wait for the leader's commit: up to request_timeout, plus slack.
@@ -117,21 +118,24 @@ private final class Joiner: @unchecked Sendable {
             redirect = nil
             let line: String
             switch await Self.ask(target, request, group: group, timeout: answerTimeout) {
-            case .success(.joinAnswer(.accepted(let name, let epoch, let members))):
+            case .success(.joinAnswer(.accepted(let name, let epoch, let members, let addresses, let recover))):
                 do {
-                    try accept(clusterName: name, epoch: epoch, members: members)
+                    try accept(clusterName: name, epoch: epoch, members: members, addresses: addresses, recover: recover)
                     return
                 } catch {
                     // Nothing of the cluster changes if this node cannot write its own superblock; it says why and retries.
                     line = "joined cluster \"\(name)\" at epoch \(epoch) but cannot write the superblock in \(directory.path): \(error)"
                 }
             case .success(.joinAnswer(.redirect(let leader, let address))):
-                if let parsed = try? ConfigValueParser.address(address) {
+                // Two nodes naming each other during a view change: after a few hops, back off like a refusal.
+                redirectsInARow += 1
+                if let parsed = try? ConfigValueParser.address(address), redirectsInARow <= 3 {
                     logger.debug("redirected to the leader", metadata: ["leader": "\(leader)", "address": "\(address)"])
                     redirect = parsed
                     continue
                 }
-                line = "node at \(target) named the leader's address \"\(address)\", which is not host:port"
+                line = redirectsInARow > 3 ? "redirected \(redirectsInARow - 1) times without reaching the leader (last: node \(leader) at \(address))"
+                    : "node at \(target) named the leader's address \"\(address)\", which is not host:port"
             case .success(.joinAnswer(.rejected(let reason, let byLeader))):
                 line = byLeader ? "Rejected by leader: \(reason)" : "Rejected by peer \(target): \(reason)"
             case .success(let other):
@@ -139,6 +143,7 @@ private final class Joiner: @unchecked Sendable {
             case .failure(let error):
                 line = "cannot reach the cluster at \(target): \(error.message)"
             }
+            redirectsInARow = 0
             reason.withLockedValue { $0 = line + "; retrying" }
             _ = systemd.notify("STATUS=\(line)")
             if lines.allow() {
@@ -150,18 +155,22 @@ private final class Joiner: @unchecked Sendable {
     }
 
     /// Writes the superblock that makes this directory a member of `epoch`.
-    private func accept(clusterName: String, epoch: UInt64, members: [MemberAddress]) throws {
-        let ids = members.map(\.nodeID)
-        guard ids.contains(config.server.nodeID) else {
-            throw JoinError("the leader's answer does not list this node among the members \(ids)")
+    /// A new member starts formed with an empty log (it has acknowledged
+    /// nothing, so it cannot have lost anything); one that was a member
+    /// already (`recover`) starts as a wiped member does, not formed: it
+    /// recovers from the primary before it votes (VRR §4.3).
+    private func accept(clusterName: String, epoch: UInt64, members: [NodeID], addresses: [MemberAddress], recover: Bool) throws {
+        guard members.contains(config.server.nodeID) else {
+            throw JoinError("the leader's answer does not list this node among the members \(members)")
         }
         var state = SuperblockState(clusterName: config.server.clusterName, nodeID: config.server.nodeID,
-                                    record: DurableRecord(epoch: epoch, members: ids, formed: true))
-        state.addresses = members
+                                    record: DurableRecord(epoch: epoch, members: members, formed: !recover))
+        state.addresses = addresses
         try directory.openSuperblock().write(state)
         joined.withLockedValue { $0 = true }
         logger.notice("Joined cluster \(clusterName) as node \(config.server.nodeID) at epoch \(epoch)",
-                      metadata: ["members": "\(ids)", "addresses": "\(members.map(\.address))"])
+                      metadata: ["members": "\(members)", "addresses": "\(addresses.map(\.address))",
+                                 "recovering": "\(recover)"])
     }
 
     struct JoinError: Error, CustomStringConvertible {
@@ -198,7 +207,13 @@ private final class Joiner: @unchecked Sendable {
             channel.close(promise: nil)
         }
         do {
-            return .success(try await promise.futureResult.get())
+            // A graceful shutdown cancels the wait rather than sitting out the timeout.
+            let answer = try await withTaskCancellationHandler {
+                try await promise.futureResult.get()
+            } onCancel: {
+                promise.fail(CancellationError())
+            }
+            return .success(answer)
         } catch let error as JoinError {
             return .failure(error)
         } catch {

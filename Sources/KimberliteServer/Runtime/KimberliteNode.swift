@@ -152,8 +152,8 @@ public final class KimberliteNode: @unchecked Sendable {
                     transferBox.source?.noteWanted(by: from)
                 case .backfillRead(let start, let through):
                     driverBox.driver?.serveBackfill(from: start, through: through, to: from)
-                case .backfillEntries(let start, let entries, let error):
-                    transferBox.backfill?.received(from: from, start: start, entries: entries, error: error)
+                case .backfillEntries(let start, let entries, let error, let compactedThrough):
+                    transferBox.backfill?.received(from: from, start: start, entries: entries, error: error, compactedThrough: compactedThrough)
                 default:
                     break
                 }
@@ -180,11 +180,12 @@ public final class KimberliteNode: @unchecked Sendable {
             stateTransferSink.afterInstall = { backfill.startIfNeeded() }
         }
         driver.stateTransferSource = stateTransferSource
-        if config.storage.compaction {
+        let compaction = config.storage.compaction
+        checkpointer.afterCheckpoint = { [driver, stateTransferSink] kept in
             // Segments wholly below the older of the two newest checkpoints go (DESIGN.md §2b).
-            checkpointer.afterCheckpoint = { [driver] kept in
-                if kept.count >= 2 { driver.compact(through: kept[1]) }
-            }
+            if compaction && kept.count >= 2 { driver.compact(through: kept[1]) }
+            // Applying as usual: a partial transfer left from a state this node no longer needs goes.
+            stateTransferSink.discardAbandonedPartials()
         }
         let transport = self.transport
         let startRecord = durable.record
@@ -205,8 +206,8 @@ public final class KimberliteNode: @unchecked Sendable {
         driver.afterBatch = { systemd.watchdogIfDue() }
         api.driver = driver
         backups = BackupService(checkpointer: checkpointer, driver: driver, clusterName: config.server.clusterName, nodeID: selfID)
-        if addresses != storage.superblockState.addresses { driver.persistAddresses(addresses) }
-        transport.onAddressesChanged = { [driver] addresses in driver.persistAddresses(addresses) }
+        if addresses != storage.superblockState.addresses { driver.persistAddresses() }
+        transport.onAddressesChanged = { [driver] _ in driver.persistAddresses() }
         membership = MembershipService(driver: driver, registry: registry, transport: transport, selfID: selfID,
                                        clusterName: config.server.clusterName, logger: layer("membership"),
                                        liveWindow: config.consensus.electionTimeoutMax, timeout: config.limits.requestTimeout)

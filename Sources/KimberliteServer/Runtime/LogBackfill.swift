@@ -38,7 +38,7 @@ final class LogBackfill: @unchecked Sendable {
         var again = false
         /// The request waiting for its answer: (peer, first op asked).
         var pending: (peer: NodeID, from: OpNumber)?
-        var answer: (entries: [LogEntry], error: String)?
+        var answer: Answer?
     }
 
     init(dataDir: String, segmentSize: Int, transport: ClusterTransport, driver: ReplicaDriver, logger: Logger) {
@@ -77,20 +77,30 @@ final class LogBackfill: @unchecked Sendable {
     }
 
     /// A peer's answer to `backfillRead`.
-    func received(from peer: NodeID, start: OpNumber, entries: [LogEntry], error: String) {
+    func received(from peer: NodeID, start: OpNumber, entries: [LogEntry], error: String, compactedThrough: OpNumber) {
         let matches = state.withLockedValue { state -> Bool in
             guard let pending = state.pending, pending.peer == peer, pending.from == start else { return false }
             state.pending = nil
-            state.answer = (entries, error)
+            state.answer = Answer(entries: entries, error: error, compactedThrough: compactedThrough)
             return true
         }
         if matches { answered.signal() }
     }
 
+    struct Answer {
+        var entries: [LogEntry]
+        var error: String
+        var compactedThrough: OpNumber
+    }
+
     private var isStopped: Bool { state.withLockedValue { $0.stopped } }
 
     private func run() {
-        guard let target = driver.journalBase(), target.op > 0 else { return }
+        guard let target = driver.journalBase() else {
+            if !isStopped { logger.warning("backfill: the replica did not report where its log starts; trying again at the next state transfer or start") }
+            return
+        }
+        guard target.op > 0 else { return }
         let staged: Journal
         do {
             staged = try openStaged(target: target)
@@ -104,37 +114,55 @@ final class LogBackfill: @unchecked Sendable {
         let resumedAt = staged.lastOp
         logger.notice("backfill: fetching the log's older ops \(staged.lastOp + 1)…\(target.op) from the other members (compaction is off: every member keeps the whole audit log)",
                       metadata: ["base_op": "\(target.op)", "staged_op": "\(staged.lastOp)"])
-        var refusals: [NodeID: String] = [:]
+        // Members whose log starts after the ops needed: they never will have them.
+        var compacted: [NodeID: String] = [:]
+        // Members that did not answer, or could not now (behind, backfilling too): asked again later.
+        var notNow: Set<NodeID> = []
+        var pause = Duration.milliseconds(500)
         var turn = 0
         while staged.lastOp < target.op {
             if isStopped { staged.close(); return }
-            let peers = transport.peerIDs.filter { refusals[$0] == nil }
-            guard !peers.isEmpty else {
+            let candidates = transport.peerIDs.filter { compacted[$0] == nil }
+            guard !candidates.isEmpty else {
                 logger.notice("backfill: no member holds ops \(staged.lastOp + 1)…\(target.op) any more; this node's log keeps starting after op \(target.op)",
-                              metadata: ["refusals": "\(refusals.map { "node \($0.key): \($0.value)" }.sorted().joined(separator: "; "))"])
+                              metadata: ["refusals": "\(compacted.map { "node \($0.key): \($0.value)" }.sorted().joined(separator: "; "))"])
                 staged.close()
                 try? FileManager.default.removeItem(atPath: stagedDirectory)
                 return
             }
-            let peer = peers[turn % peers.count]
+            let available = candidates.filter { !notNow.contains($0) }
+            guard !available.isEmpty else {
+                // Everyone asked this round: wait (woken early by `stop`), then ask again.
+                _ = answered.wait(timeout: .now() + .milliseconds(Int(pause.milliseconds)))
+                pause = min(pause * 2, .seconds(5))
+                notNow.removeAll()
+                continue
+            }
+            let peer = available[turn % available.count]
+            turn += 1
             let from = staged.lastOp + 1
+            while answered.wait(timeout: .now()) == .success {}  // a late answer's signal, before the next request
             state.withLockedValue { state in
                 state.pending = (peer, from)
                 state.answer = nil
             }
-            while answered.wait(timeout: .now()) == .success {}  // drop a stale signal
             let sent = transport.send(.backfillRead(from: from, through: target.op), to: peer)
-            let waited = answered.wait(timeout: .now() + (sent ? Self.answerTimeout : .seconds(1)))
-            let answer = state.withLockedValue { state -> (entries: [LogEntry], error: String)? in
+            let waited = sent ? answered.wait(timeout: .now() + Self.answerTimeout) : .timedOut
+            let answer = state.withLockedValue { state -> Answer? in
                 defer { state.pending = nil; state.answer = nil }
                 return state.answer
             }
             guard waited == .success, let answer else {
-                turn += 1
+                notNow.insert(peer)
                 continue
             }
-            guard answer.error.isEmpty else {
-                refusals[peer] = answer.error
+            guard answer.error.isEmpty, !answer.entries.isEmpty else {
+                if answer.compactedThrough >= from {
+                    compacted[peer] = answer.error
+                } else {
+                    logger.debug("backfill: a member cannot send the ops now; asking another", metadata: ["peer": "\(peer)", "error": "\(answer.error)"])
+                    notNow.insert(peer)
+                }
                 continue
             }
             do {
@@ -143,10 +171,11 @@ final class LogBackfill: @unchecked Sendable {
                 let bytes = answer.entries.reduce(0) { $0 + $1.payload.count + 120 }
                 fetchedBytes += bytes
                 bytesCounter.increment(by: Int64(bytes))
+                pause = .milliseconds(500)
             } catch {
                 logger.error("backfill: refused the entries node \(peer) sent (they do not continue the staged log or fail their checksum)",
                              metadata: ["peer": "\(peer)", "from_op": "\(from)", "error": "\(error)"])
-                refusals[peer] = "\(error)"
+                notNow.insert(peer)
             }
         }
         guard staged.lastChecksum == target.checksum else {

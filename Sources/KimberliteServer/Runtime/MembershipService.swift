@@ -55,12 +55,7 @@ struct MembershipService: Sendable {
             return APIError(.membershipChangeRefused, "node \(node) is the last member; a cluster cannot remove its last member").response
         }
         let remaining = members.filter { $0 != node }
-        let peers = transport.snapshot()
-        let now = NIODeadline.now()
-        let window = TimeAmount.nanoseconds(liveWindow.nanoseconds)
-        let live = remaining.filter { member in
-            member == selfID || peers[member]?.lastSeen.map { now - $0 <= window } == true
-        }
+        let live = remaining.filter { $0 == selfID || peerIsLive($0) }
         let quorum = remaining.count / 2 + 1
         if live.count < quorum && request.force != true {
             return APIError(.membershipChangeRefused,
@@ -141,28 +136,50 @@ struct MembershipService: Sendable {
         if members.contains(request.nodeID) {
             let known = transport.address(of: request.nodeID)
             if let known, request.epoch == 0, known.host == address.host, known.port == address.port {
-                return accepted(epoch: snapshot.epoch, members: members, joiner: nil)
+                // The member itself with a new data directory: its first answer
+                // was lost, or its disk was wiped. It may have acknowledged
+                // ops it no longer holds, so it recovers before it votes.
+                logger.notice("node \(request.nodeID) asks again from its own address with a new data directory; it recovers as a member",
+                              metadata: ["epoch": "\(snapshot.epoch)", "address": "\(address)"])
+                return accepted(epoch: snapshot.epoch, members: members, joiner: nil, recover: true)
             }
             return refuse("node id \(request.nodeID) is already a member (\(known?.address ?? "address unknown"))")
         }
+        let joiner = MemberAddress(nodeID: request.nodeID, host: address.host, port: address.port, sinceEpoch: snapshot.epoch + 1)
+        let book = transport.addresses.filter { $0.nodeID != request.nodeID } + [joiner]
+        guard Superblock.fits(clusterName: clusterName, members: members + [request.nodeID], addresses: book) else {
+            return refuse("the superblock cannot hold another member's address (cluster name and host names too long); nothing changed")
+        }
         let change = Reconfiguration(epoch: snapshot.epoch + 1, members: members + [request.nodeID],
                                      detail: MembershipDetail(added: request.nodeID, address: "\(address)").json)
+        let live = members.filter { $0 == selfID || peerIsLive($0) }.count
+        let quorum = change.members.count / 2 + 1
         logger.notice("node \(request.nodeID) asks to join from \(address): logging the reconfiguration that adds it",
                       metadata: ["epoch": "\(change.epoch)", "members": "\(change.members)"])
+        if live < quorum {
+            logger.warning("after node \(request.nodeID) joins, a quorum of epoch \(change.epoch) needs it: writes wait until it has caught up",
+                           metadata: ["live_members": "\(live)", "quorum": "\(quorum)"])
+        }
         switch await commit(change) {
         case .applied(let op):
-            let joiner = MemberAddress(nodeID: request.nodeID, host: address.host, port: address.port, sinceEpoch: change.epoch)
             logger.notice("node \(request.nodeID) joined at epoch \(change.epoch)", metadata: ["op": "\(op)", "members": "\(change.members)"])
-            return accepted(epoch: change.epoch, members: change.members, joiner: joiner)
+            return accepted(epoch: change.epoch, members: change.members, joiner: joiner, recover: false)
         case .refused(let error):
             return refuse("\(error.code.status) \(error.code.rawValue): \(error.message)")
         }
     }
 
-    private func accepted(epoch: UInt64, members: [NodeID], joiner: MemberAddress?) -> Envelope.JoinAnswer {
+    /// The answer: every member id, and the addresses known for them.
+    private func accepted(epoch: UInt64, members: [NodeID], joiner: MemberAddress?, recover: Bool) -> Envelope.JoinAnswer {
         var book = Dictionary(transport.addresses.map { ($0.nodeID, $0) }, uniquingKeysWith: { _, last in last })
         if let joiner { book[joiner.nodeID] = joiner }
-        return .accepted(clusterName: clusterName, epoch: epoch, members: members.compactMap { book[$0] })
+        return .accepted(clusterName: clusterName, epoch: epoch, members: members, addresses: members.compactMap { book[$0] }, recover: recover)
+    }
+
+    /// Heard from within `liveWindow`.
+    private func peerIsLive(_ member: NodeID) -> Bool {
+        let window = TimeAmount.nanoseconds(liveWindow.nanoseconds)
+        return transport.snapshot()[member]?.lastSeen.map { NIODeadline.now() - $0 <= window } == true
     }
 
     static func list(_ members: [NodeID]) -> String { "[" + members.map(String.init).joined(separator: ",") + "]" }

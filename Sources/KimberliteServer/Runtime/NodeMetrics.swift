@@ -26,7 +26,8 @@ final class NodeMetrics: @unchecked Sendable {
     let writeDuration: Metrics.Timer
     let queryDuration: Metrics.Timer
     private let requestCounters: [String: Metrics.Counter]
-    private let peerGauges: [NodeID: Metrics.Gauge]
+    /// One `kmb_peer_connected{peer=…}` per peer; members that join later get theirs when first seen.
+    private let peerGauges: NIOLockedValueBox<[NodeID: Metrics.Gauge]>
     /// Last commit number counted (driver thread only).
     var committed: OpNumber = 0
 
@@ -61,7 +62,7 @@ final class NodeMetrics: @unchecked Sendable {
             }
         }
         requestCounters = counters
-        peerGauges = Dictionary(uniqueKeysWithValues: peers.map { ($0, Metrics.Gauge(label: "kmb_peer_connected", dimensions: [("peer", "\($0)")])) })
+        peerGauges = NIOLockedValueBox(Dictionary(uniqueKeysWithValues: peers.map { ($0, Self.peerGauge($0)) }))
         // Storage and projection metrics are created by those layers; touch
         // them here so they exist before the first fsync or apply.
         _ = Metrics.Counter(label: "kmb_log_entries_total")
@@ -78,7 +79,17 @@ final class NodeMetrics: @unchecked Sendable {
     }
 
     func peerConnected(_ node: NodeID, _ connected: Bool) {
-        peerGauges[node]?.record(connected ? 1 : 0)
+        let gauge = peerGauges.withLockedValue { gauges in
+            if let gauge = gauges[node] { return gauge }
+            let gauge = Self.peerGauge(node)
+            gauges[node] = gauge
+            return gauge
+        }
+        gauge.record(connected ? 1 : 0)
+    }
+
+    private static func peerGauge(_ node: NodeID) -> Metrics.Gauge {
+        Metrics.Gauge(label: "kmb_peer_connected", dimensions: [("peer", "\(node)")])
     }
 
     /// Prometheus text exposition of every metric.

@@ -80,6 +80,8 @@ final class ReplicaDriver: @unchecked Sendable {
     private let queue = BatchQueue<DriverInput>()
     private var thread: Thread?
     private let finished = DispatchSemaphore(value: 0)
+    /// Set when the driver thread has ended: nothing queued runs any more.
+    private let threadExited = NIOLockedValueBox(false)
 
     private var replica: Replica
     private let journal: Journal
@@ -150,10 +152,13 @@ final class ReplicaDriver: @unchecked Sendable {
 
     func submit(_ input: DriverInput) { queue.push([input]) }
 
-    /// Writes the members' cluster addresses to the superblock (DESIGN.md §2b:
-    /// after the first start they come from there, not from the flags).
-    func persistAddresses(_ addresses: [MemberAddress]) {
+    /// Writes the transport's address book to the superblock (DESIGN.md §2b:
+    /// after the first start addresses come from there, not from the flags).
+    /// The book is read when the write happens, so writes queued by
+    /// concurrent changes never put an older book back.
+    func persistAddresses() {
         submit(.inspect { [unowned self] _, _ in
+            let addresses = transport.addresses
             guard superblockState.addresses != addresses else { return }
             superblockState.addresses = addresses
             writeSuperblock()
@@ -217,16 +222,20 @@ final class ReplicaDriver: @unchecked Sendable {
     func serveBackfill(from: OpNumber, through: OpNumber, to peer: NodeID) {
         submit(.inspect { [unowned self] journal, _ in
             let reply: Envelope
-            if from <= journal.base.op {
-                reply = .backfillEntries(from: from, entries: [], error: "node \(transport.selfID) compacted its log through op \(journal.base.op)")
+            let base = journal.base.op
+            if from <= base {
+                reply = .backfillEntries(from: from, entries: [], error: "node \(transport.selfID) compacted its log through op \(base)",
+                                         compactedThrough: base)
             } else if from > journal.lastOp || from > through {
-                reply = .backfillEntries(from: from, entries: [], error: "node \(transport.selfID) holds ops \(journal.firstOp)…\(journal.lastOp), not op \(from)")
+                reply = .backfillEntries(from: from, entries: [], error: "node \(transport.selfID) holds ops \(journal.firstOp)…\(journal.lastOp), not op \(from)",
+                                         compactedThrough: base)
             } else {
                 do {
                     let read = try journal.entries(from: from, through: min(through, journal.lastOp, from + 4095))
-                    reply = .backfillEntries(from: from, entries: Replica.prefix(read[...], maxBytes: 4 << 20), error: "")
+                    reply = .backfillEntries(from: from, entries: Replica.prefix(read[...], maxBytes: 4 << 20), error: "", compactedThrough: base)
                 } catch {
-                    reply = .backfillEntries(from: from, entries: [], error: "node \(transport.selfID) cannot read op \(from): \(error)")
+                    reply = .backfillEntries(from: from, entries: [], error: "node \(transport.selfID) cannot read op \(from): \(error)",
+                                             compactedThrough: base)
                 }
             }
             transport.send(reply, to: peer)
@@ -236,7 +245,9 @@ final class ReplicaDriver: @unchecked Sendable {
     /// Puts the backfilled ops 1…base below the journal (`Journal.adoptOlderLog`)
     /// and records the base (0) in the superblock. Throws why not (nothing changed).
     func adoptOlderLog(_ staged: StagedJournal) throws {
-        let outcome = onDriverThread { [unowned self] () -> String? in
+        // No timeout: the staged files must not move under a caller that gave up.
+        // A stopping driver still runs what is queued, so this returns.
+        let outcome = onDriverThread(waitingAtMost: nil) { [unowned self] () -> String? in
             do {
                 try journal.adoptOlderLog(from: staged.journal) { base in try persistLogBase(base) }
                 return nil
@@ -273,8 +284,10 @@ final class ReplicaDriver: @unchecked Sendable {
         try superblock.write(superblockState)
     }
 
-    /// Runs `body` on the driver thread and waits (at most 10 s) for its result.
-    private func onDriverThread<T: Sendable>(_ body: @escaping @Sendable () -> T) -> T? {
+    /// Runs `body` on the driver thread and waits (at most `seconds`, or
+    /// for good when nil) for its result; nil when the driver is stopping or
+    /// did not get to it in time.
+    private func onDriverThread<T: Sendable>(waitingAtMost seconds: Int? = 10, _ body: @escaping @Sendable () -> T) -> T? {
         if queue.isStopping { return nil }
         let done = DispatchSemaphore(value: 0)
         let result = NIOLockedValueBox<T?>(nil)
@@ -282,7 +295,14 @@ final class ReplicaDriver: @unchecked Sendable {
             result.withLockedValue { $0 = body() }
             done.signal()
         })
-        guard done.wait(timeout: .now() + 10) == .success else { return nil }
+        if let seconds {
+            guard done.wait(timeout: .now() + .seconds(seconds)) == .success else { return nil }
+        } else {
+            // Until it ran, or the driver thread ended without running it (it never will then).
+            while done.wait(timeout: .now() + 1) == .timedOut {
+                if threadExited.withLockedValue({ $0 }) { break }
+            }
+        }
         return result.withLockedValue { $0 }
     }
 
@@ -300,6 +320,7 @@ final class ReplicaDriver: @unchecked Sendable {
         // Inspections still queued are answered (their callers await them);
         // events and requests are dropped: the registry fails the requests.
         for case .inspect(let body) in queue.takeRemaining() { body(journal, replica.durableRecord) }
+        threadExited.withLockedValue { $0 = true }
         finished.signal()
     }
 

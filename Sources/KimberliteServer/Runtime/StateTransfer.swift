@@ -33,15 +33,54 @@ final class StateTransferSource: @unchecked Sendable {
         self.logger = logger
     }
 
-    /// Peers that said they are empty (`stateTransferWanted`), and when.
+    /// Peers that said they are empty (`stateTransferWanted`): when they last did.
     private var wanted: [NodeID: ContinuousClock.Instant] = [:]
+    /// When a peer that says it is empty was first offered a checkpoint.
+    private var offeredSince: [NodeID: ContinuousClock.Instant] = [:]
+    /// When each peer last read a chunk.
+    private var lastRead: [NodeID: ContinuousClock.Instant] = [:]
+    /// Peers that left a checkpoint untaken: they get the log like any other.
+    private var gaveUp: Set<NodeID> = []
+    /// A peer that has not taken the checkpoint within this gets the log instead.
+    static let takeCheckpointWithin: Duration = .seconds(15)
 
     /// `peer` reported an empty journal and projection: it takes a checkpoint.
-    func noteWanted(by peer: NodeID) { lock.withLock { wanted[peer] = .now } }
+    func noteWanted(by peer: NodeID) {
+        lock.withLock {
+            if let last = wanted[peer], ContinuousClock.now - last > .seconds(60) {
+                // Quiet for a minute: a new episode (wiped again), offered afresh.
+                gaveUp.remove(peer)
+                offeredSince[peer] = nil
+            }
+            wanted[peer] = .now
+        }
+    }
 
-    /// Whether `peer` said it is empty within the last 5 s.
+    /// Whether `peer` said it is empty within the last 5 s and has not left
+    /// a checkpoint offered to it untaken for `takeCheckpointWithin` (a node
+    /// that cannot take one still catches up, from the log).
     func prefersCheckpoint(_ peer: NodeID) -> Bool {
-        lock.withLock { wanted[peer].map { ContinuousClock.now - $0 < .seconds(5) } ?? false }
+        let (prefers, givingUp) = lock.withLock { () -> (Bool, Bool) in
+            guard !gaveUp.contains(peer) else { return (false, false) }
+            guard let said = wanted[peer], ContinuousClock.now - said < .seconds(5) else {
+                offeredSince[peer] = nil
+                return (false, false)
+            }
+            let since = offeredSince[peer] ?? .now
+            offeredSince[peer] = since
+            // Reading chunks is taking it, however long a large checkpoint takes.
+            let reading = lastRead[peer].map { ContinuousClock.now - $0 < Self.takeCheckpointWithin } ?? false
+            if ContinuousClock.now - since >= Self.takeCheckpointWithin && !reading {
+                gaveUp.insert(peer)
+                return (false, true)
+            }
+            return (true, false)
+        }
+        if givingUp {
+            logger.warning("node \(peer) has not taken the checkpoint offered for \(Self.takeCheckpointWithin); sending it the whole log instead",
+                           metadata: ["peer": "\(peer)"])
+        }
+        return prefers
     }
 
     /// Whether this node holds a checkpoint it could offer.
@@ -103,6 +142,7 @@ final class StateTransferSource: @unchecked Sendable {
 
     /// Answers a `stateTransferRead`: the bytes with their CRC32C, or why there are none.
     func serve(op: OpNumber, sha256: String, offset: UInt64, length: UInt32, to peer: NodeID) {
+        lock.withLock { lastRead[peer] = .now }
         queue.async { [self] in
             do {
                 let manifest = try store.manifest(op: op)
@@ -146,6 +186,7 @@ final class StateTransferSink: @unchecked Sendable {
     private var lastProgress = ContinuousClock.now
     private var startedAt = ContinuousClock.now
     private var resumedAt = 0
+    private var refusedOffers = LogThrottle(every: .seconds(10))
     /// Called after a checkpoint was installed (the log backfill starts). Set before `start()`.
     var afterInstall: (@Sendable () -> Void)?
 
@@ -171,7 +212,13 @@ final class StateTransferSink: @unchecked Sendable {
                 return
             }
             if incoming != nil, ContinuousClock.now - lastProgress < Self.stallTimeout { return }
-            guard driver.acceptsState(at: offer.op) else { return }
+            guard driver.acceptsState(at: offer.op) else {
+                if refusedOffers.allow() {
+                    logger.info("not taking the checkpoint offered: the replica does not need the state at that op now",
+                                metadata: ["peer": "\(peer)", "op": "\(offer.op)"])
+                }
+                return
+            }
             do {
                 let next = try IncomingCheckpoint(dataDir: dataDir, op: offer.op, anchor: offer.anchor, bytes: Int(offer.bytes),
                                                   sha256: offer.sha256)
@@ -188,6 +235,24 @@ final class StateTransferSink: @unchecked Sendable {
                 if next.receivedBytes == next.bytes { finish() } else { requestMore() }
             } catch {
                 logger.error("cannot start the state transfer", metadata: ["peer": "\(peer)", "op": "\(offer.op)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Removes partial checkpoint files when no transfer is under way (one
+    /// cut short and never resumed, because the node caught up by repair):
+    /// they would hold their disk space for good otherwise.
+    func discardAbandonedPartials() {
+        queue.async { [self] in
+            guard incoming == nil else { return }
+            let directory = IncomingCheckpoint.directory(dataDir: dataDir)
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasSuffix(".partial") {
+                do {
+                    try FileManager.default.removeItem(atPath: directory + "/" + name)
+                    logger.info("removed a partial state transfer this node no longer needs", metadata: ["file": "\(directory)/\(name)"])
+                } catch {
+                    logger.warning("cannot remove a partial state transfer", metadata: ["file": "\(directory)/\(name)", "error": "\(error)"])
+                }
             }
         }
     }

@@ -9,6 +9,24 @@ import Testing
         try await Cluster.run(Cluster.adminBinary, ["members"] + arguments + ["--server", "127.0.0.1:\(cluster.nodes[id - 1].metricsPort)"])
     }
 
+    /// Three nodes with the table; `followers[0]` killed, and the leader reports it down.
+    static func clusterWithAFollowerDown() async throws -> (cluster: Cluster, leader: Int, followers: [Int]) {
+        let cluster = try await ErrorOutcomeTests.clusterWithTable()
+        do {
+            let leader = try await cluster.waitForLeader()
+            let followers = [1, 2, 3].filter { $0 != leader }
+            cluster.kill9(followers[0])
+            try await cluster.waitUntil("the leader sees node \(followers[0]) down") {
+                let members = await cluster.status(leader)?["cluster_members"] as? [[String: Any]] ?? []
+                return members.contains { $0["node_id"] as? Int == followers[0] && $0["state"] as? String == "down" }
+            }
+            return (cluster, leader, followers)
+        } catch {
+            cluster.shutdown()
+            throw error
+        }
+    }
+
     @Test func removingAFollowerShrinksTheClusterAndTheRemovedNodeServesNothing() async throws {
         let cluster = try await ErrorOutcomeTests.clusterWithTable()
         defer { cluster.shutdown() }
@@ -67,17 +85,10 @@ import Testing
     }
 
     @Test func removalThatWouldCostTheQuorumIsRefusedWithoutForce() async throws {
-        let cluster = try await ErrorOutcomeTests.clusterWithTable()
-        defer { cluster.shutdown() }
-        let leader = try await cluster.waitForLeader()
-        let followers = [1, 2, 3].filter { $0 != leader }
         // One follower is gone; removing the other would leave the leader and
         // the dead one: one live member of the two a quorum needs.
-        cluster.kill9(followers[0])
-        try await cluster.waitUntil("the leader sees node \(followers[0]) down") {
-            let members = await cluster.status(leader)?["cluster_members"] as? [[String: Any]] ?? []
-            return members.contains { $0["node_id"] as? Int == followers[0] && $0["state"] as? String == "down" }
-        }
+        let (cluster, leader, followers) = try await Self.clusterWithAFollowerDown()
+        defer { cluster.shutdown() }
         let refused = try await Self.members(cluster, ["remove", "--node-id", "\(followers[1])"], via: leader)
         #expect(refused.exited && refused.status == 1, "\(refused)")
         #expect(refused.stderr.contains("quorum") && refused.stderr.contains("--force"), "\(refused.stderr)")
@@ -94,15 +105,8 @@ import Testing
     /// quorum of live nodes (etcd's behaviour): the change commits with the
     /// old epoch's quorum, and the new epoch waits for its dead member.
     @Test func forcedRemovalCommitsAndTheClusterWaitsForItsDeadMember() async throws {
-        let cluster = try await ErrorOutcomeTests.clusterWithTable()
+        let (cluster, leader, followers) = try await Self.clusterWithAFollowerDown()
         defer { cluster.shutdown() }
-        let leader = try await cluster.waitForLeader()
-        let followers = [1, 2, 3].filter { $0 != leader }
-        cluster.kill9(followers[0])
-        try await cluster.waitUntil("the leader sees node \(followers[0]) down") {
-            let members = await cluster.status(leader)?["cluster_members"] as? [[String: Any]] ?? []
-            return members.contains { $0["node_id"] as? Int == followers[0] && $0["state"] as? String == "down" }
-        }
         let forced = try await Self.members(cluster, ["remove", "--node-id", "\(followers[1])", "--force"], via: leader)
         #expect(forced.exited && forced.status == 0, "\(forced)")
         try await cluster.waitUntil("epoch 1 with the leader and the dead node") {

@@ -476,9 +476,9 @@ import Testing
         defer { Cluster.reap(foreign) }
 
         try await cluster.waitUntil("node 2 refuses the foreign peer and the foreign node logs the rejection", timeout: .seconds(30)) {
-            let refused = cluster.log(of: 2).split(separator: "\n").contains { $0.contains("refused peer") && $0.contains("cluster name mismatch") }
+            let refused = cluster.log(of: 2).split(separator: "\n").contains { $0.contains("refused peer") && $0.contains("does not match") }
             let foreignText = (try? String(contentsOfFile: foreignLog, encoding: .utf8)) ?? ""
-            let rejected = foreignText.split(separator: "\n").contains { $0.contains("Rejected by") && $0.contains("cluster name mismatch") }
+            let rejected = foreignText.split(separator: "\n").contains { $0.contains("Rejected by") && $0.contains("does not match") }
             return refused && rejected
         }
         #expect(foreign.isRunning, "the foreign node crashed on rejection")

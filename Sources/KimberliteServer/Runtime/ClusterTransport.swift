@@ -272,7 +272,8 @@ final class ClusterTransport: @unchecked Sendable {
     /// Checks a peer's hello; returns the refusal reason, nil when accepted.
     fileprivate func check(_ hello: Envelope.Hello) -> String? {
         if hello.clusterName != clusterName {
-            return "cluster name mismatch: node \(hello.nodeID) is in cluster \"\(hello.clusterName)\", this node (\(selfID)) is in \"\(clusterName)\""
+            // The wording of DESIGN.md §2b's join refusal, with who asked.
+            return "cluster name \"\(hello.clusterName)\" does not match \"\(clusterName)\" (node \(hello.nodeID) asked node \(selfID))"
         }
         let current = epoch
         if hello.epoch < current && !isCurrentMember(hello.nodeID) {

@@ -98,11 +98,13 @@ import Testing
         // Mismatched cluster name, and a node id already in use (node 2, at another address).
         let staging = Self.joiner(cluster, through: leader, ["KMB_CLUSTER_NAME": "staging"])
         let duplicate = Self.joiner(cluster, through: leader, ["KMB_NODE_ID": "2"])
-        try cluster.restart(staging)
-        try cluster.restart(duplicate)
+        // A new id that would listen at a member's address.
+        let clash = Self.joiner(cluster, through: leader, ["KMB_NODE_ID": "7", "KMB_CLUSTER_ADDRESS": "127.0.0.1:\(cluster.nodes[0].clusterPort)"])
+        for slot in [staging, duplicate, clash] { try cluster.restart(slot) }
         let nameLine = "Rejected by leader: cluster name \"staging\" does not match \"\(cluster.clusterName)\""
         let idLine = "Rejected by leader: node id 2 is already a member (127.0.0.1:\(cluster.nodes[1].clusterPort))"
-        for (slot, line) in [(staging, nameLine), (duplicate, idLine)] {
+        let clashLine = "Rejected by leader: cluster address 127.0.0.1:\(cluster.nodes[0].clusterPort) is member 1's"
+        for (slot, line) in [(staging, nameLine), (duplicate, idLine), (clash, clashLine)] {
             try await cluster.waitUntil("slot \(slot) logs \(line)", timeout: .seconds(30)) { cluster.log(of: slot).contains(line) }
             // Up, and "recovering" with the reason, as the guide's diagnostic shows.
             let status = try #require(await cluster.status(slot))

@@ -145,6 +145,9 @@ struct MembershipService: Sendable {
             }
             return refuse("node id \(request.nodeID) is already a member (\(known?.address ?? "address unknown"))")
         }
+        if let other = transport.addresses.first(where: { members.contains($0.nodeID) && $0.host == address.host && $0.port == address.port }) {
+            return refuse("cluster address \(address) is member \(other.nodeID)'s; give node \(request.nodeID) its own cluster_address")
+        }
         let joiner = MemberAddress(nodeID: request.nodeID, host: address.host, port: address.port, sinceEpoch: snapshot.epoch + 1)
         let book = transport.addresses.filter { $0.nodeID != request.nodeID } + [joiner]
         guard Superblock.fits(clusterName: clusterName, members: members + [request.nodeID], addresses: book) else {

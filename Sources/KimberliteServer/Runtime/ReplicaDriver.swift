@@ -231,8 +231,23 @@ final class ReplicaDriver: @unchecked Sendable {
                                          compactedThrough: base)
             } else {
                 do {
-                    let read = try journal.entries(from: from, through: min(through, journal.lastOp, from + 4095))
-                    reply = .backfillEntries(from: from, entries: Replica.prefix(read[...], maxBytes: 4 << 20), error: "", compactedThrough: base)
+                    // Up to about 4 MiB, read in windows sized by the entries seen so far
+                    // (entries can be up to max_batch_size; this runs on the replica's thread).
+                    let limit = 4 << 20
+                    var read: [LogEntry] = []
+                    var bytes = 0
+                    var window: OpNumber = 16
+                    let last = min(through, journal.lastOp)
+                    while from + OpNumber(read.count) <= last && bytes < limit {
+                        let next = from + OpNumber(read.count)
+                        let more = try journal.entries(from: next, through: min(last, next + window - 1))
+                        guard !more.isEmpty else { break }
+                        read += more
+                        bytes += more.reduce(0) { $0 + $1.payload.count + 128 }
+                        let average = max(1, bytes / read.count)
+                        window = OpNumber(max(1, min(256, (limit - min(bytes, limit)) / average)))
+                    }
+                    reply = .backfillEntries(from: from, entries: read, error: "", compactedThrough: base)
                 } catch {
                     reply = .backfillEntries(from: from, entries: [], error: "node \(transport.selfID) cannot read op \(from): \(error)",
                                              compactedThrough: base)

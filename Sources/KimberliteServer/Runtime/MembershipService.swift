@@ -104,11 +104,12 @@ struct MembershipService: Sendable {
     /// lead redirects it to the leader. The leader refuses, with the reason
     /// the joiner logs after "Rejected by leader: ", another cluster's node,
     /// an epoch older than its own, an id that is a member at another
-    /// address, and a join while another change is uncommitted; otherwise
-    /// it commits the reconfiguration adding the node and answers with the
-    /// new epoch's members and addresses. A member asking again from its own
-    /// address with a new data directory (its answer was lost) gets the
-    /// same answer.
+    /// address, an address that is another member's, a change the
+    /// superblock could not hold, and a join while another change is
+    /// uncommitted (409); otherwise it commits the reconfiguration adding
+    /// the node and answers with the new epoch's member ids and addresses.
+    /// A member asking again from its own address with a new data directory
+    /// (its answer was lost, or its disk wiped) is answered `recover`.
     func join(_ request: Envelope.JoinRequest, remoteHost: String?) async -> Envelope.JoinAnswer {
         let snapshot = driver.snapshot
         guard snapshot.isPrimary, snapshot.leader == selfID, snapshot.superseded == nil else {

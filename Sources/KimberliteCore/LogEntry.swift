@@ -132,6 +132,23 @@ public struct LogEntry: Sendable, Equatable {
         return writer.bytes
     }
 
+    /// A list of entries as messages carry it: `count(u32)` then each entry's encoding.
+    public static func write(_ entries: [LogEntry], to writer: inout ByteWriter) {
+        writer.write(UInt32(entries.count))
+        for entry in entries { entry.encode(into: &writer) }
+    }
+
+    /// Reads what `write(_:to:)` wrote.
+    /// - Throws: `DecodeError` on a count larger than the input, or a truncated or malformed entry.
+    public static func readList(from reader: inout ByteReader) throws -> [LogEntry] {
+        let count = Int(try reader.read(UInt32.self))
+        guard count <= reader.remaining else { throw DecodeError.invalid("entry count \(count)") }
+        var entries: [LogEntry] = []
+        entries.reserveCapacity(count)
+        for _ in 0..<count { entries.append(try decode(from: &reader)) }
+        return entries
+    }
+
     /// Decodes an entry written by `encode(into:)`. Does not verify the
     /// checksum (use `isIntact`), so callers can report a mismatch precisely.
     /// - Throws: `DecodeError` on truncated or malformed input.

@@ -118,10 +118,7 @@ extension Message {
 
     /// Binary encoding: a tag byte then the fields, little-endian.
     public func encode(into writer: inout ByteWriter) {
-        func writeEntries(_ entries: [LogEntry]) {
-            writer.write(UInt32(entries.count))
-            for entry in entries { entry.encode(into: &writer) }
-        }
+        func writeEntries(_ entries: [LogEntry]) { LogEntry.write(entries, to: &writer) }
         switch self {
         case .prepare(let view, let commit, let entries):
             writer.write(UInt8(1)); writer.write(view); writer.write(commit); writeEntries(entries)
@@ -160,14 +157,7 @@ extension Message {
     /// Decodes what `encode(into:)` wrote.
     /// - Throws: `DecodeError` on an unknown tag, truncated input or a bad entry.
     public static func decode(from reader: inout ByteReader) throws -> Message {
-        func readEntries() throws -> [LogEntry] {
-            let count = Int(try reader.read(UInt32.self))
-            guard count <= reader.remaining else { throw DecodeError.invalid("entry count \(count)") }
-            var entries: [LogEntry] = []
-            entries.reserveCapacity(count)
-            for _ in 0..<count { entries.append(try LogEntry.decode(from: &reader)) }
-            return entries
-        }
+        func readEntries() throws -> [LogEntry] { try LogEntry.readList(from: &reader) }
         let tag: UInt8 = try reader.read()
         switch tag {
         case 1: return .prepare(view: try reader.read(), commit: try reader.read(), entries: try readEntries())

@@ -91,6 +91,29 @@ public struct MemberAddress: Equatable, Sendable, Codable {
 
     /// `host:port`, with brackets around an IPv6 host.
     public var address: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// The list as the superblock and the cluster frames carry it:
+    /// `count(u8)` then per member `node id(u8) since epoch(u64) host(string) port(u16)`.
+    public static func write(_ addresses: [MemberAddress], to writer: inout ByteWriter) {
+        writer.write(UInt8(addresses.count))
+        for member in addresses {
+            writer.write(member.nodeID); writer.write(member.sinceEpoch); writer.writeString(member.host); writer.write(UInt16(member.port))
+        }
+    }
+
+    /// Reads what `write(_:to:)` wrote. - Throws: `DecodeError` on truncated input or a host over 1 KiB.
+    public static func readList(from reader: inout ByteReader) throws -> [MemberAddress] {
+        let count: UInt8 = try reader.read()
+        var addresses: [MemberAddress] = []
+        for _ in 0..<count {
+            let nodeID: NodeID = try reader.read()
+            let since: UInt64 = try reader.read()
+            let host = try reader.readString(limit: 1024)
+            let port: UInt16 = try reader.read()
+            addresses.append(MemberAddress(nodeID: nodeID, host: host, port: Int(port), sinceEpoch: since))
+        }
+        return addresses
+    }
 }
 
 extension SuperblockState {
@@ -264,13 +287,7 @@ public final class Superblock {
             writer.write(state.logBaseOp)
             writer.writeRaw(state.logBaseChecksum.bytes)
         }
-        if !state.addresses.isEmpty {
-            writer.write(UInt8(state.addresses.count))
-            for member in state.addresses {
-                writer.write(member.nodeID); writer.write(member.sinceEpoch)
-                writer.writeString(member.host); writer.write(UInt16(member.port))
-            }
-        }
+        if !state.addresses.isEmpty { MemberAddress.write(state.addresses, to: &writer) }
         return writer.bytes
     }
 
@@ -334,16 +351,7 @@ public final class Superblock {
                 state.logBaseOp = try body.read()
                 state.logBaseChecksum = Checksum(bytes: try body.readRaw(count: 32))
             }
-            if flags & 128 != 0 {
-                let count: UInt8 = try body.read()
-                for _ in 0..<count {
-                    let nodeID: NodeID = try body.read()
-                    let since: UInt64 = try body.read()
-                    let host = try body.readString(limit: 1024)
-                    let port: UInt16 = try body.read()
-                    state.addresses.append(MemberAddress(nodeID: nodeID, host: host, port: Int(port), sinceEpoch: since))
-                }
-            }
+            if flags & 128 != 0 { state.addresses = try MemberAddress.readList(from: &body) }
             guard body.isAtEnd else { slot.problem = "trailing bytes in state"; return slot }
             slot.state = state
         } catch {

@@ -38,9 +38,9 @@ final class ClusterTransport: @unchecked Sendable {
     /// Every node this one knows an address for, by id (members of the
     /// current epoch, and former members until they are replaced).
     private let book: NIOLockedValueBox<[NodeID: MemberAddress]>
-    /// Called (on any thread) with the whole address book after it changed,
-    /// so the node persists it in the superblock. Set before `start()`.
-    var onAddressesChanged: (@Sendable ([MemberAddress]) -> Void)?
+    /// Called (on any thread) after the address book changed, so the node
+    /// persists it (`addresses`) in the superblock. Set before `start()`.
+    var onAddressesChanged: (@Sendable () -> Void)?
     /// Answers a joining node's request (DESIGN.md §2b). Set before `start()`.
     var onJoinRequest: (@Sendable (Envelope.JoinRequest, _ remoteHost: String?) async -> Envelope.JoinAnswer)?
     private let listenHost: String
@@ -124,13 +124,13 @@ final class ClusterTransport: @unchecked Sendable {
     /// changed. An entry is never replaced by one of an older incarnation;
     /// from a peer's book (`gossip`), only by a newer incarnation.
     func learn(_ member: MemberAddress, gossip: Bool = false) {
-        let changed = book.withLockedValue { book -> [MemberAddress]? in
+        let changed = book.withLockedValue { book -> Bool in
             if let known = book[member.nodeID],
-               known == member || known.sinceEpoch > member.sinceEpoch || (gossip && known.sinceEpoch == member.sinceEpoch) { return nil }
+               known == member || known.sinceEpoch > member.sinceEpoch || (gossip && known.sinceEpoch == member.sinceEpoch) { return false }
             book[member.nodeID] = member
-            return book.values.sorted { $0.nodeID < $1.nodeID }
+            return true
         }
-        guard let changed else { return }
+        guard changed else { return }
         logger.info("member address recorded", metadata: ["peer": "\(member.nodeID)", "address": "\(member.address)",
                                                          "since_epoch": "\(member.sinceEpoch)"])
         // A new address: the next dial goes there.
@@ -138,7 +138,7 @@ final class ClusterTransport: @unchecked Sendable {
             state.nextAttempt[member.nodeID] = nil
             state.backoff[member.nodeID] = nil
         }
-        onAddressesChanged?(changed)
+        onAddressesChanged?()
     }
 
     /// Binds the cluster port. - Throws: NIO's bind error (address in use, bad address).

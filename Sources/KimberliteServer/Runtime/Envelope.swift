@@ -93,27 +93,6 @@ enum Envelope: Sendable, Equatable {
         var addresses: [MemberAddress] = []
     }
 
-    /// `count(u8)` then per member `node id(u8) since epoch(u64) host(string) port(u16)`.
-    static func write(_ addresses: [MemberAddress], to writer: inout ByteWriter) {
-        writer.write(UInt8(addresses.count))
-        for member in addresses {
-            writer.write(member.nodeID); writer.write(member.sinceEpoch); writer.writeString(member.host); writer.write(UInt16(member.port))
-        }
-    }
-
-    static func readAddresses(_ reader: inout ByteReader) throws -> [MemberAddress] {
-        let count: UInt8 = try reader.read()
-        var addresses: [MemberAddress] = []
-        for _ in 0..<count {
-            let nodeID: NodeID = try reader.read()
-            let since: UInt64 = try reader.read()
-            let host = try reader.readString(limit: 255)
-            let port: UInt16 = try reader.read()
-            addresses.append(MemberAddress(nodeID: nodeID, host: host, port: Int(port), sinceEpoch: since))
-        }
-        return addresses
-    }
-
     /// A checkpoint the sender can transfer: its op, hash-chain anchor,
     /// size (bytes) and SHA-256 (hex), from its manifest.
     struct StateTransferOffer: Sendable, Equatable {
@@ -133,7 +112,7 @@ enum Envelope: Sendable, Equatable {
             writer.write(UInt8(1))
             writer.writeString(hello.clusterName); writer.write(hello.nodeID); writer.writeString(hello.clusterAddress)
             writer.writeString(hello.clientAddress); writer.writeString(hello.metricsAddress)
-            writer.writeString(hello.version); writer.write(hello.epoch); Self.write(hello.addresses, to: &writer)
+            writer.writeString(hello.version); writer.write(hello.epoch); MemberAddress.write(hello.addresses, to: &writer)
         case .helloReject(let reason, let rejecterID, let isLeader, let epoch):
             writer.write(UInt8(2)); writer.writeString(reason); writer.write(rejecterID); writer.write(isLeader); writer.write(epoch)
         case .vsr(let message, let epoch):
@@ -159,8 +138,7 @@ enum Envelope: Sendable, Equatable {
         case .backfillRead(let from, let through):
             writer.write(UInt8(14)); writer.write(from); writer.write(through)
         case .backfillEntries(let from, let entries, let error, let compactedThrough):
-            writer.write(UInt8(15)); writer.write(from); writer.write(UInt32(entries.count))
-            for entry in entries { entry.encode(into: &writer) }
+            writer.write(UInt8(15)); writer.write(from); LogEntry.write(entries, to: &writer)
             writer.writeString(error); writer.write(compactedThrough)
         case .joinRequest(let request):
             writer.write(UInt8(11)); writer.writeString(request.clusterName); writer.write(request.nodeID); writer.write(request.epoch)
@@ -168,7 +146,7 @@ enum Envelope: Sendable, Equatable {
         case .joinAnswer(.accepted(let clusterName, let epoch, let members, let addresses, let recover)):
             writer.write(UInt8(12)); writer.write(UInt8(1)); writer.writeString(clusterName); writer.write(epoch)
             writer.writeBlob(members)
-            Self.write(addresses, to: &writer)
+            MemberAddress.write(addresses, to: &writer)
             writer.write(recover)
         case .joinAnswer(.redirect(let leader, let address)):
             writer.write(UInt8(12)); writer.write(UInt8(2)); writer.write(leader); writer.writeString(address)
@@ -186,7 +164,7 @@ enum Envelope: Sendable, Equatable {
         case 1:
             envelope = .hello(Hello(clusterName: try reader.readString(), nodeID: try reader.read(), clusterAddress: try reader.readString(),
                                     clientAddress: try reader.readString(), metricsAddress: try reader.readString(),
-                                    version: try reader.readString(), epoch: try reader.read(), addresses: try Self.readAddresses(&reader)))
+                                    version: try reader.readString(), epoch: try reader.read(), addresses: try MemberAddress.readList(from: &reader)))
         case 2: envelope = .helloReject(reason: try reader.readString(), rejecterID: try reader.read(), rejecterIsLeader: try reader.readBool(),
                                         epoch: try reader.read())
         case 3:
@@ -212,13 +190,8 @@ enum Envelope: Sendable, Equatable {
         case 13: envelope = .stateTransferWanted
         case 14: envelope = .backfillRead(from: try reader.read(), through: try reader.read())
         case 15:
-            let from: OpNumber = try reader.read()
-            let count = Int(try reader.read(UInt32.self))
-            guard count <= reader.remaining else { throw DecodeError.invalid("entry count \(count)") }
-            var entries: [LogEntry] = []
-            entries.reserveCapacity(count)
-            for _ in 0..<count { entries.append(try LogEntry.decode(from: &reader)) }
-            envelope = .backfillEntries(from: from, entries: entries, error: try reader.readString(), compactedThrough: try reader.read())
+            envelope = .backfillEntries(from: try reader.read(), entries: try LogEntry.readList(from: &reader), error: try reader.readString(),
+                                        compactedThrough: try reader.read())
         case 11:
             envelope = .joinRequest(JoinRequest(clusterName: try reader.readString(), nodeID: try reader.read(), epoch: try reader.read(),
                                                 clusterAddress: try reader.readString(), version: try reader.readString()))
@@ -227,7 +200,7 @@ enum Envelope: Sendable, Equatable {
             switch kind {
             case 1:
                 envelope = .joinAnswer(.accepted(clusterName: try reader.readString(), epoch: try reader.read(), members: try reader.readBlob(limit: 255),
-                                                 addresses: try Self.readAddresses(&reader), recover: try reader.readBool()))
+                                                 addresses: try MemberAddress.readList(from: &reader), recover: try reader.readBool()))
             case 2: envelope = .joinAnswer(.redirect(leader: try reader.read(), address: try reader.readString()))
             case 3: envelope = .joinAnswer(.rejected(reason: try reader.readString(), byLeader: try reader.readBool()))
             default: throw DecodeError.invalid("join answer kind \(kind)")

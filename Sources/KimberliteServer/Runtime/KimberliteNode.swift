@@ -207,7 +207,7 @@ public final class KimberliteNode: @unchecked Sendable {
         api.driver = driver
         backups = BackupService(checkpointer: checkpointer, driver: driver, clusterName: config.server.clusterName, nodeID: selfID)
         if addresses != storage.superblockState.addresses { driver.persistAddresses() }
-        transport.onAddressesChanged = { [driver] _ in driver.persistAddresses() }
+        transport.onAddressesChanged = { [driver] in driver.persistAddresses() }
         membership = MembershipService(driver: driver, registry: registry, transport: transport, selfID: selfID,
                                        clusterName: config.server.clusterName, logger: layer("membership"),
                                        liveWindow: config.consensus.electionTimeoutMax, timeout: config.limits.requestTimeout)

@@ -136,7 +136,7 @@ struct MembershipService: Sendable {
         let members = snapshot.members
         if members.contains(request.nodeID) {
             let known = transport.address(of: request.nodeID)
-            if let known, request.epoch == 0, known.host == address.host, known.port == address.port {
+            if let known, request.epoch == 0, known.listens(at: address) {
                 // The member itself with a new data directory: its first answer
                 // was lost, or its disk was wiped. It may have acknowledged
                 // ops it no longer holds, so it recovers before it votes.
@@ -146,7 +146,7 @@ struct MembershipService: Sendable {
             }
             return refuse("node id \(request.nodeID) is already a member (\(known?.address ?? "address unknown"))")
         }
-        if let other = transport.addresses.first(where: { members.contains($0.nodeID) && $0.host == address.host && $0.port == address.port }) {
+        if let other = transport.addresses.first(where: { members.contains($0.nodeID) && $0.listens(at: address) }) {
             return refuse("cluster address \(address) is member \(other.nodeID)'s; give node \(request.nodeID) its own cluster_address")
         }
         let joiner = MemberAddress(nodeID: request.nodeID, host: address.host, port: address.port, sinceEpoch: snapshot.epoch + 1)
@@ -214,4 +214,9 @@ struct MembershipDetail: Codable, Equatable {
         guard let added, let address, let parsed = try? ConfigValueParser.address(address) else { return nil }
         return (added, parsed.host, parsed.port)
     }
+}
+
+extension MemberAddress {
+    /// Whether this member's cluster address is `address`.
+    func listens(at address: HostPort) -> Bool { host == address.host && port == address.port }
 }

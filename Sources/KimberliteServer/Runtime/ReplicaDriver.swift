@@ -209,50 +209,43 @@ final class ReplicaDriver: @unchecked Sendable {
     /// The op the journal starts after and its checksum; nil when the
     /// driver is stopping.
     func journalBase() -> (op: OpNumber, checksum: Checksum)? {
-        onDriverThread { [unowned self] in JournalBase(op: journal.base.op, checksum: journal.base.checksum) }.map { ($0.op, $0.checksum) }
-    }
-
-    private struct JournalBase: Sendable {
-        var op: OpNumber
-        var checksum: Checksum
+        onDriverThread { [unowned self] in journal.base }
     }
 
     /// Answers a peer's `backfillRead` from the journal (on the driver
     /// thread, the journal's owner): at most 4 MiB of entries from `from`.
     func serveBackfill(from: OpNumber, through: OpNumber, to peer: NodeID) {
         submit(.inspect { [unowned self] journal, _ in
-            let reply: Envelope
             let base = journal.base.op
+            var entries: [LogEntry] = []
+            var error = ""
             if from <= base {
-                reply = .backfillEntries(from: from, entries: [], error: "node \(transport.selfID) compacted its log through op \(base)",
-                                         compactedThrough: base)
+                error = "node \(transport.selfID) compacted its log through op \(base)"
             } else if from > journal.lastOp || from > through {
-                reply = .backfillEntries(from: from, entries: [], error: "node \(transport.selfID) holds ops \(journal.firstOp)…\(journal.lastOp), not op \(from)",
-                                         compactedThrough: base)
+                error = "node \(transport.selfID) holds ops \(journal.firstOp)…\(journal.lastOp), not op \(from)"
             } else {
                 do {
                     // Up to about 4 MiB, read in windows sized by the entries seen so far
                     // (entries can be up to max_batch_size; this runs on the replica's thread).
                     let limit = 4 << 20
-                    var read: [LogEntry] = []
                     var bytes = 0
                     var window: OpNumber = 16
                     let last = min(through, journal.lastOp)
-                    while from + OpNumber(read.count) <= last && bytes < limit {
-                        let next = from + OpNumber(read.count)
+                    while from + OpNumber(entries.count) <= last && bytes < limit {
+                        let next = from + OpNumber(entries.count)
                         let more = try journal.entries(from: next, through: min(last, next + window - 1))
                         guard !more.isEmpty else { break }
-                        read += more
+                        entries += more
                         bytes += more.reduce(0) { $0 + $1.payload.count + 128 }
-                        let average = max(1, bytes / read.count)
+                        let average = max(1, bytes / entries.count)
                         window = OpNumber(max(1, min(256, (limit - min(bytes, limit)) / average)))
                     }
-                    reply = .backfillEntries(from: from, entries: read, error: "", compactedThrough: base)
-                } catch {
-                    reply = .backfillEntries(from: from, entries: [], error: "node \(transport.selfID) cannot read op \(from): \(error)",
-                                             compactedThrough: base)
+                } catch let failure {
+                    entries = []
+                    error = "node \(transport.selfID) cannot read op \(from): \(failure)"
                 }
             }
+            let reply = Envelope.backfillEntries(from: from, entries: entries, error: error, compactedThrough: base)
             transport.send(reply, to: peer)
         })
     }
@@ -262,19 +255,16 @@ final class ReplicaDriver: @unchecked Sendable {
     func adoptOlderLog(_ staged: StagedJournal) throws {
         // No timeout: the staged files must not move under a caller that gave up.
         // A stopping driver still runs what is queued, so this returns.
-        let outcome = onDriverThread(waitingAtMost: nil) { [unowned self] () -> String? in
+        // The closure answers what went wrong (nil: nothing); a nil outcome means it never ran.
+        guard let problem = onDriverThread(waitingAtMost: nil, { [unowned self] () -> String? in
             do {
                 try journal.adoptOlderLog(from: staged.journal) { base in try persistLogBase(base) }
                 return nil
             } catch {
                 return "\(error)"
             }
-        }
-        switch outcome {
-        case .none: throw APIError(.noLeader, "the node is shutting down")
-        case .some(.some(let problem)): throw APIError(.operationFailed, problem)
-        case .some(.none): return
-        }
+        }) else { throw APIError(.noLeader, "the node is shutting down") }
+        if let problem { throw APIError(.operationFailed, problem) }
     }
 
     /// Deletes journal segments wholly at or below `op` (compaction; the

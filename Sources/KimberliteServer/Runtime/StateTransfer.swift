@@ -83,7 +83,9 @@ final class StateTransferSource: @unchecked Sendable {
         return prefers
     }
 
-    /// Whether this node holds a checkpoint it could offer.
+    /// Whether this node holds a checkpoint it could offer (a transferred one
+    /// included, which the checkpointer's newest op does not count). Asked
+    /// only for a peer that said it is empty.
     var hasCheckpoint: Bool { !((try? store.ops()) ?? []).isEmpty }
 
     /// Offers `peer` the newest checkpoint at or above `base` (the op the

@@ -10,18 +10,30 @@ import Testing
         try await Cluster.run(Cluster.adminBinary, ["force-leader", "--node-id", "\(nodeID ?? id)", "--data-dir", cluster.nodes[id - 1].dataDir])
     }
 
-    @Test func forceLeaderOnTheSurvivorKeepsEveryAcknowledgedRowAndTheOldMembersAreRefused() async throws {
+    /// Three nodes with the table and `rows` acknowledged rows, which a
+    /// follower (the survivor) applied; then the other two are killed for good.
+    static func survivorOfTwoLost(rows: Int) async throws -> (cluster: Cluster, survivor: Int, lost: [Int]) {
         let cluster = try await ErrorOutcomeTests.clusterWithTable()
-        defer { cluster.shutdown() }
-        let leader = try await cluster.waitForLeader()
-        let survivor = [1, 2, 3].first { $0 != leader }!
-        let lost = [1, 2, 3].filter { $0 != survivor }
-        for n in 1...20 {
-            let reply = try await cluster.executeWithRetry(ErrorOutcomeTests.insert("row-\(n)"), clientID: "w", requestNumber: n)
-            #expect(reply.status == 200, "\(reply.text)")
+        do {
+            let leader = try await cluster.waitForLeader()
+            let survivor = [1, 2, 3].first { $0 != leader }!
+            let lost = [1, 2, 3].filter { $0 != survivor }
+            for n in 1...rows {
+                let reply = try await cluster.executeWithRetry(ErrorOutcomeTests.insert("row-\(n)"), clientID: "w", requestNumber: n)
+                #expect(reply.status == 200, "\(reply.text)")
+            }
+            try await cluster.waitUntil("the survivor applied all \(rows) rows") { try await cluster.count("fate", on: survivor) == rows }
+            for id in lost { cluster.kill9(id) }
+            return (cluster, survivor, lost)
+        } catch {
+            cluster.shutdown()
+            throw error
         }
-        try await cluster.waitUntil("the survivor applied all 20 rows") { try await cluster.count("fate", on: survivor) == 20 }
-        for id in lost { cluster.kill9(id) }
+    }
+
+    @Test func forceLeaderOnTheSurvivorKeepsEveryAcknowledgedRowAndTheOldMembersAreRefused() async throws {
+        let (cluster, survivor, lost) = try await Self.survivorOfTwoLost(rows: 20)
+        defer { cluster.shutdown() }
 
         // Bad input first: a running node's directory is locked (75), and nothing changes.
         let locked = try await Self.forceLeader(cluster, node: survivor)
@@ -114,17 +126,8 @@ import Testing
     /// is three again; the old members, started with their old data, are
     /// earlier incarnations of ids now in use and stay out.
     @Test func twoFreshNodesJoinTheForcedLeaderAndTheOldMembersStayOut() async throws {
-        let cluster = try await ErrorOutcomeTests.clusterWithTable()
+        let (cluster, survivor, lost) = try await Self.survivorOfTwoLost(rows: 10)
         defer { cluster.shutdown() }
-        let leader = try await cluster.waitForLeader()
-        let survivor = [1, 2, 3].first { $0 != leader }!
-        let lost = [1, 2, 3].filter { $0 != survivor }
-        for n in 1...10 {
-            let reply = try await cluster.executeWithRetry(ErrorOutcomeTests.insert("row-\(n)"), clientID: "w", requestNumber: n)
-            #expect(reply.status == 200, "\(reply.text)")
-        }
-        try await cluster.waitUntil("the survivor applied all 10 rows") { try await cluster.count("fate", on: survivor) == 10 }
-        for id in lost { cluster.kill9(id) }
         _ = try await cluster.stop(survivor)
         let forced = try await Self.forceLeader(cluster, node: survivor)
         #expect(forced.exited && forced.status == 0, "\(forced)")

@@ -50,8 +50,17 @@ public struct ReplicaConfiguration: Sendable {
         self.repairRetryTicks = repairRetryTicks ?? heartbeatTicks
     }
 
-    /// A majority: f + 1 of 2f + 1.
+    /// A majority: f + 1 of 2f + 1 (n / 2 + 1 of an even n).
     public var quorum: Int { members.count / 2 + 1 }
+
+    /// Answers a recovering replica needs from the other members (VRR §4.3:
+    /// f + 1 of 2f + 1). It is the smallest number that meets every quorum
+    /// in a member other than the recovering one, whose own past votes it
+    /// cannot vouch for: n - quorum + 1. That is f + 1 for an odd n, and
+    /// n / 2 for an even one: 1 of 2 (the other member, which must be the
+    /// primary) and 2 of 4, where a quorum would wait for every other
+    /// member (or, of 2, for more members than there are).
+    public var recoveryQuorum: Int { members.count - quorum + 1 }
 }
 
 /// VRR status of a replica.
@@ -1131,8 +1140,9 @@ public struct Replica: Sendable {
     }
 
     /// Recovering (VRR §4.3, with the disk's help). The replica asks every
-    /// member who leads (`recovery` with a fresh nonce); once a quorum has
-    /// answered, including the primary of the latest view they name, it
+    /// member who leads (`recovery` with a fresh nonce); once
+    /// `recoveryQuorum` members have answered in normal status, including
+    /// the primary of the latest view they name, it
     /// follows that primary, fetches its log through the op the primary
     /// reported, and only then votes again. Answers to an older nonce, and
     /// every other message, are ignored (a delayed message could name a
@@ -1159,7 +1169,7 @@ public struct Replica: Sendable {
             // §4.3 counts only replicas in normal status: a replica waiting
             // for formation (maybe wiped) or changing views vouches for nothing.
             let normal = recoveryResponses.values.filter(\.isNormal)
-            guard normal.count >= configuration.quorum else { return }
+            guard normal.count >= configuration.recoveryQuorum else { return }
             let latest = normal.map(\.view).max()!
             let leader = primary(of: latest)
             guard let answer = recoveryResponses[leader], answer.isNormal, answer.view == latest, answer.isPrimary else { return }

@@ -108,6 +108,40 @@ import Testing
         #expect(after.contains(.send(.recoveryResponse(view: 0, nonce: 6, op: 1, commit: 0, isPrimary: true, isFresh: false, isNormal: true), to: 3, epoch: 0)))
     }
 
+    /// VRR §4.3 asks for answers that meet every quorum outside the
+    /// recovering replica: n - quorum + 1 of them. In a two-member epoch
+    /// (after force-leader and one join) that is the other member alone,
+    /// which must answer as primary; in four members, two answers.
+    @Test func recoveryWaitsForAnswersThatMeetEveryQuorumAndNoMore() {
+        func asksForEntries(_ actions: [ReplicaAction], from leader: NodeID) -> Bool {
+            actions.contains { if case .send(.requestEntries, let to, _) = $0 { return to == leader } else { return false } }
+        }
+        func normal(_ nonce: UInt64, view: ViewNumber, isPrimary: Bool) -> Message {
+            .recoveryResponse(view: view, nonce: nonce, op: isPrimary ? 9 : 0, commit: 9, isPrimary: isPrimary,
+                              isFresh: false, isNormal: true)
+        }
+        #expect(ReplicaConfiguration(members: [1, 2], selfID: 1).recoveryQuorum == 1)
+        #expect(ReplicaConfiguration(members: [1, 2, 3], selfID: 1).recoveryQuorum == 2)
+        #expect(ReplicaConfiguration(members: [1, 2, 3, 4], selfID: 1).recoveryQuorum == 2)
+        #expect(ReplicaConfiguration(members: [1, 2, 3, 4, 5], selfID: 1).recoveryQuorum == 3)
+
+        // Two members: a backup's answer is not enough (it names no primary
+        // that answered); the primary's alone is.
+        var two = unformed(2, members: [1, 2])
+        var nonce = recoveryNonce(two.handle(.tick))!
+        #expect(!asksForEntries(two.handle(.message(normal(nonce, view: 2, isPrimary: false), from: 1, epoch: 0)), from: 1))
+        #expect(two.status == .recovering)
+        two = unformed(2, members: [1, 2])
+        nonce = recoveryNonce(two.handle(.tick))!
+        #expect(asksForEntries(two.handle(.message(normal(nonce, view: 2, isPrimary: true), from: 1, epoch: 0)), from: 1))
+
+        // Four members: the primary of view 1 (node 2) and one backup.
+        var four = unformed(4, members: [1, 2, 3, 4])
+        nonce = recoveryNonce(four.handle(.tick))!
+        #expect(!asksForEntries(four.handle(.message(normal(nonce, view: 1, isPrimary: true), from: 2, epoch: 0)), from: 2))
+        #expect(asksForEntries(four.handle(.message(normal(nonce, view: 1, isPrimary: false), from: 3, epoch: 0)), from: 2))
+    }
+
     @Test func singleNodeCommitsOnItsOwnFsync() {
         var node = replica(1, members: [1])
         var actions = node.handle(.clientRequests([ClientRequest(id: 1, session: nil, payload: [1])], nowMs: 5))

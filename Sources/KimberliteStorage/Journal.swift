@@ -109,9 +109,9 @@ public final class Journal {
         var path: String
         /// Bytes in the file that belong to the log (header + verified frames).
         var size: Int
-        /// Start offset of each frame; frame `i` holds op `firstOp + i`.
-        var offsets: [Int]
-        var lastOp: OpNumber { firstOp + UInt64(offsets.count) - 1 }
+        /// Where the frames start (sparse); frame `i` holds op `firstOp + i`.
+        var frames: FrameIndex
+        var lastOp: OpNumber { firstOp + UInt64(frames.count) - 1 }
     }
 
     private var logger: Logger
@@ -244,14 +244,69 @@ public final class Journal {
         }
         var result: [(path: String, bytes: Int)] = []
         for segment in segments where segment.firstOp <= op {
-            if segment.offsets.isEmpty || segment.lastOp <= op {
+            if segment.frames.isEmpty || segment.lastOp <= op {
                 result.append((segment.path, segment.size))
             } else {
-                let next = Int(op - segment.firstOp) + 1
-                result.append((segment.path, segment.offsets[next]))
+                result.append((segment.path, try frameStart(segment, Int(op - segment.firstOp) + 1)))
             }
         }
         return result
+    }
+
+    /// Bytes of the frames (header and entry) of ops `from...through`,
+    /// clamped to the ops the log holds, in op order. Reads frame headers
+    /// only, never the entries.
+    /// - Throws: `StorageError.corrupt` when a frame header no longer fits
+    ///   its segment; `StorageError.io`.
+    public func frameSizes(from: OpNumber, through: OpNumber) throws -> [Int] {
+        let lower = max(from, firstOp)
+        let upper = min(through, lastOp)
+        guard lower <= upper else { return [] }
+        var sizes: [Int] = []
+        for segment in segments where !segment.frames.isEmpty && segment.lastOp >= lower && segment.firstOp <= upper {
+            let first = Int(max(lower, segment.firstOp) - segment.firstOp)
+            let last = Int(min(upper, segment.lastOp) - segment.firstOp)
+            let starts = try frameStarts(segment, first, last + 1)
+            for index in 0..<(starts.count - 1) { sizes.append(starts[index + 1] - starts[index]) }
+        }
+        return sizes
+    }
+
+    /// Start offset of frame `frame` of `segment` (its size for
+    /// `frame == count`, the end of the last frame).
+    private func frameStart(_ segment: Segment, _ frame: Int) throws -> Int {
+        try frameStarts(segment, frame, frame)[0]
+    }
+
+    /// Start offsets of frames `first...last` of `segment` (a frame equal to
+    /// the segment's frame count starts at its end), found by walking frame
+    /// headers from the sampled frame at or before `first`.
+    private func frameStarts(_ segment: Segment, _ first: Int, _ last: Int) throws -> [Int] {
+        precondition(first <= last && last <= segment.frames.count, "frames within the segment")
+        if first == segment.frames.count { return [segment.size] }
+        let sample = segment.frames.sample(atOrBefore: first)
+        var starts: [Int] = []
+        starts.reserveCapacity(last - first + 1)
+        var offset = sample.offset
+        try withReadFD(segment.path) { fd in
+            for frame in sample.frame...last {
+                if frame >= first { starts.append(offset) }
+                guard frame < last else { break }
+                let header = try FileIO.read(fd, count: SegmentFormat.frameHeaderSize, at: offset, path: segment.path)
+                let next = header.count == SegmentFormat.frameHeaderSize
+                    ? offset + SegmentFormat.frameHeaderSize + Int(SegmentFormat.readU32(header, 0)) : Int.max
+                guard next <= segment.size else {
+                    throw readFailure(segment.path, offset, segment.firstOp + UInt64(frame), .truncatedFrame,
+                                      "the frame header at \(offset) runs past the segment's \(segment.size) bytes")
+                }
+                offset = next
+            }
+        }
+        if last == segment.frames.count, starts.last != segment.size {
+            throw readFailure(segment.path, starts.last ?? 0, segment.lastOp, .badFrame,
+                              "the last frame ends at \(starts.last ?? 0), not at the segment's end \(segment.size)")
+        }
+        return starts
     }
 
     /// Entries `from...through`, clamped to the ops the log holds; empty if none.
@@ -262,11 +317,11 @@ public final class Journal {
         guard lower <= upper else { return [] }
         var result: [LogEntry] = []
         result.reserveCapacity(Int(min(upper - lower + 1, 1 << 20)))
-        for segment in segments where !segment.offsets.isEmpty && segment.lastOp >= lower && segment.firstOp <= upper {
+        for segment in segments where !segment.frames.isEmpty && segment.lastOp >= lower && segment.firstOp <= upper {
             let first = Int(max(lower, segment.firstOp) - segment.firstOp)
             let last = Int(min(upper, segment.lastOp) - segment.firstOp)
-            let start = segment.offsets[first]
-            let end = last + 1 < segment.offsets.count ? segment.offsets[last + 1] : segment.size
+            let start = try frameStart(segment, first)
+            let end = try frameStart(segment, last + 1)
             let bytes = try readRange(segment.path, from: start, count: end - start)
             var position = 0
             for index in first...last {
@@ -286,12 +341,16 @@ public final class Journal {
     }
 
     private func readRange(_ path: String, from offset: Int, count: Int) throws -> [UInt8] {
-        if path == currentFDPath && currentFD >= 0 {
-            return try FileIO.read(currentFD, count: count, at: offset, path: path)
-        }
+        try withReadFD(path) { fd in try FileIO.read(fd, count: count, at: offset, path: path) }
+    }
+
+    /// Runs `body` with a descriptor open for reading `path`: the append
+    /// descriptor when `path` is the current segment, else one of its own.
+    private func withReadFD<T>(_ path: String, _ body: (Int32) throws -> T) throws -> T {
+        if path == currentFDPath && currentFD >= 0 { return try body(currentFD) }
         let fd = try FileIO.openFile(path, flags: O_RDONLY)
         defer { FileIO.closeFile(fd) }
-        return try FileIO.read(fd, count: count, at: offset, path: path)
+        return try body(fd)
     }
 
     private func readFailure(_ path: String, _ offset: Int, _ op: OpNumber, _ kind: StorageProblemKind, _ detail: String) -> StorageError {
@@ -313,7 +372,7 @@ public final class Journal {
     /// - Throws: what `persistBase` throws (then nothing is deleted), `StorageError.io`.
     @discardableResult
     public func compact(through op: OpNumber, persistBase: ((op: OpNumber, checksum: Checksum)) throws -> Void) throws -> Int {
-        let removable = segments.dropLast().prefix { !$0.offsets.isEmpty && $0.lastOp <= op }
+        let removable = segments.dropLast().prefix { !$0.frames.isEmpty && $0.lastOp <= op }
         guard let last = removable.last else { return 0 }
         guard let entry = try entries(from: last.lastOp, through: last.lastOp).first else {
             throw StorageError.invalidArgument("op \(last.lastOp) is not readable in the journal")
@@ -355,7 +414,7 @@ public final class Journal {
         try staged.sync()
         staged.close()
         var moved: [Segment] = []
-        for var segment in staged.segments where !segment.offsets.isEmpty {
+        for var segment in staged.segments where !segment.frames.isEmpty {
             let target = directory + "/" + SegmentFormat.fileName(firstOp: segment.firstOp)
             try FileIO.rename(segment.path, target)
             segment.path = target
@@ -430,21 +489,21 @@ public final class Journal {
             estimate += 140 + entry.payload.count
         }
 
-        let mark = Mark(segmentCount: segments.count, entryCount: segments.last?.offsets.count ?? 0,
+        let mark = Mark(segmentCount: segments.count, entryCount: segments.last?.frames.count ?? 0,
                         size: segments.last?.size ?? 0, lastOp: lastOp, lastChecksum: lastChecksum)
         var buffer: [UInt8] = []
         buffer.reserveCapacity(min(estimate, segmentSize + 4096))
         var appended = 0
         do {
             for entry in entries {
-                if let last = segments.last, last.size < segmentSize || last.offsets.isEmpty {
+                if let last = segments.last, last.size < segmentSize || last.frames.isEmpty {
                     // Still room in the current segment.
                 } else {
                     try flush(&buffer)
                     try createSegment(firstOp: entry.op)
                 }
                 let index = segments.count - 1
-                segments[index].offsets.append(segments[index].size)
+                segments[index].frames.append(frameAt: segments[index].size)
                 let frameSize = SegmentFormat.appendFrame(entry, to: &buffer)
                 segments[index].size += frameSize
                 appended += frameSize
@@ -642,7 +701,7 @@ public final class Journal {
             try? FileIO.remove(path)
             throw error
         }
-        segments.append(Segment(firstOp: firstOp, path: path, size: SegmentFormat.headerSize, offsets: []))
+        segments.append(Segment(firstOp: firstOp, path: path, size: SegmentFormat.headerSize, frames: FrameIndex()))
         currentFD = fd
         currentFDPath = path
         currentDirty = true
@@ -668,8 +727,7 @@ public final class Journal {
         }
         if mark.segmentCount > 0 {
             let index = segments.count - 1
-            let extra = segments[index].offsets.count - mark.entryCount
-            if extra > 0 { segments[index].offsets.removeLast(extra) }
+            if segments[index].frames.count > mark.entryCount { segments[index].frames.keepFirst(mark.entryCount) }
             segments[index].size = mark.size
             do {
                 try ensureCurrentFD()
@@ -702,12 +760,12 @@ public final class Journal {
         }
         if let last = segments.last {
             let keep = Int(op - last.firstOp + 1)
-            if keep < last.offsets.count {
+            if keep < last.frames.count {
                 let index = segments.count - 1
-                let newSize = last.offsets[keep]
+                let newSize = try frameStart(last, keep)
                 try ensureCurrentFD()
                 try FileIO.truncate(currentFD, to: newSize, path: last.path)
-                segments[index].offsets.removeSubrange(keep...)
+                segments[index].frames.keepFirst(keep)
                 segments[index].size = newSize
                 currentDirty = true
             }
@@ -774,28 +832,28 @@ public final class Journal {
         let (files, others) = try SegmentScanner.list(directory)
         result.recovery.ignoredFiles = others
         result.recovery.segmentFiles = files.count
-        var offsets: [Int] = []
+        var frames = FrameIndex()
         try SegmentScanner.scan(files, firstOp: base.op + 1, anchor: base.checksum) { finding in
             switch finding {
             case .segmentStart:
-                offsets = []
+                frames = FrameIndex()
             case .entry(let entry, let offset):
-                offsets.append(offset)
+                frames.append(frameAt: offset)
                 result.lastOp = entry.op
                 result.lastChecksum = entry.checksum
             case .segmentEnd(let file, let bytes):
-                result.segments.append(Segment(firstOp: file.firstOp, path: file.path, size: bytes, offsets: offsets))
+                result.segments.append(Segment(firstOp: file.firstOp, path: file.path, size: bytes, frames: frames))
             case .damage(let damage):
                 if let error = damage.readError { throw error }
                 let path = damage.file.path
                 if damage.isTornTail {
                     // A crash's incomplete write: cut it (a torn header removes the file).
-                    result.tornRepair = (path, damage.offset == 0 && offsets.isEmpty ? nil : damage.offset)
+                    result.tornRepair = (path, damage.offset == 0 && frames.isEmpty ? nil : damage.offset)
                     result.recovery.tornTailSegment = path
                     result.recovery.tornTailOffset = damage.offset
                     result.recovery.tornTailBytes = damage.segmentBytes - damage.offset
                     if result.tornRepair?.offset != nil {
-                        result.segments.append(Segment(firstOp: damage.file.firstOp, path: path, size: damage.offset, offsets: offsets))
+                        result.segments.append(Segment(firstOp: damage.file.firstOp, path: path, size: damage.offset, frames: frames))
                     }
                     return false
                 }
@@ -803,11 +861,11 @@ public final class Journal {
                 // part and every later segment are quarantined.
                 result.recovery.corruption = JournalCorruption(segment: path, offset: damage.offset, op: result.lastOp + 1,
                                                                kind: damage.kind, detail: damage.detail)
-                if offsets.isEmpty {
+                if frames.isEmpty {
                     result.quarantineWhole.append(path)
                     result.quarantineBytes += damage.segmentBytes
                 } else {
-                    result.segments.append(Segment(firstOp: damage.file.firstOp, path: path, size: damage.offset, offsets: offsets))
+                    result.segments.append(Segment(firstOp: damage.file.firstOp, path: path, size: damage.offset, frames: frames))
                     result.quarantineTail = (path, damage.offset)
                     result.quarantineBytes += damage.segmentBytes - damage.offset
                 }
@@ -819,7 +877,7 @@ public final class Journal {
             }
             return true
         }
-        result.recovery.entries = result.segments.reduce(0) { $0 + $1.offsets.count }
+        result.recovery.entries = result.segments.reduce(0) { $0 + $1.frames.count }
         return result
     }
 

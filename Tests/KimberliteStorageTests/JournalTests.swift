@@ -7,6 +7,66 @@ import Testing
 @testable import KimberliteStorage
 
 @Suite struct JournalTests {
+    /// The journal keeps a start offset for only some frames (every 64th,
+    /// or one per 256 KiB) and walks frame headers to the rest: every read,
+    /// size, extent and truncation lands on the exact frame, before and
+    /// after a reopen, with small entries (the frame-count stride) and large
+    /// ones (the byte stride) in segments of several strides each.
+    @Test func sparseFrameIndexFindsEveryFrame() throws {
+        let dir = TempDirectory()
+        let log = dir.sub("log")
+        // 300 small entries, 12 of 100 KiB, 200 small: strides of both kinds.
+        var entries = makeEntries(count: 300, payloadSize: 50)
+        entries += makeEntries(count: 12, from: 301, parent: entries.last!.checksum, payloadSize: 100 << 10)
+        entries += makeEntries(count: 200, from: 313, parent: entries.last!.checksum, payloadSize: 70)
+        let journal = try Journal(directory: log, segmentSize: 600 << 10, syncMode: .fsync, logger: quietLogger)
+        for start in stride(from: 0, to: entries.count, by: 37) {
+            try journal.append(Array(entries[start..<min(entries.count, start + 37)]))
+        }
+        try journal.sync()
+
+        func check(_ journal: Journal, _ expected: [LogEntry]) throws {
+            let count = expected.count
+            var fileOffsets: [OpNumber: (path: String, start: Int, end: Int)] = [:]
+            for name in try segmentNames(log) {
+                let path = log + "/" + name
+                let starts = try frameOffsets(path)
+                let first = SegmentFormat.firstOp(fromFileName: name)!
+                for (index, start) in starts.enumerated() {
+                    let end = index + 1 < starts.count ? starts[index + 1] : FileIO.fileSize(path)!
+                    fileOffsets[first + OpNumber(index)] = (path, start, end)
+                }
+            }
+            #expect(try journal.frameSizes(from: 1, through: OpNumber(count))
+                    == (1...count).map { fileOffsets[OpNumber($0)]!.end - fileOffsets[OpNumber($0)]!.start })
+            for low in [1, 2, 63, 64, 65, 129, 300, 301, 305, 313, 314, 400, count] where low <= count {
+                for high in [low, low + 1, low + 63, low + 64, low + 130, count] where high <= count {
+                    #expect(try journal.entries(from: OpNumber(low), through: OpNumber(high)) == Array(expected[(low - 1)..<high]),
+                            "entries \(low)...\(high)")
+                }
+                let extent = try journal.extent(through: OpNumber(low))
+                #expect(extent.last?.path == fileOffsets[OpNumber(low)]!.path && extent.last?.bytes == fileOffsets[OpNumber(low)]!.end,
+                        "extent through \(low)")
+            }
+        }
+        try check(journal, entries)
+        // Cut back to frames that are not sampled (and one that is), then go on appending.
+        for keep in [500, 450, 306, 129] {
+            try journal.truncate(after: OpNumber(keep))
+            #expect(journal.lastOp == OpNumber(keep))
+            try check(journal, Array(entries[..<keep]))
+        }
+        let more = makeEntries(count: 100, from: 130, parent: entries[128].checksum, payloadSize: 90, salt: 7)
+        try journal.append(more)
+        try journal.sync()
+        let final = Array(entries[..<129]) + more
+        try check(journal, final)
+        journal.close()
+        let reopened = try Journal(directory: log, segmentSize: 600 << 10, syncMode: .fsync, logger: quietLogger)
+        #expect(reopened.recovery.isClean && reopened.lastOp == 229)
+        try check(reopened, final)
+    }
+
     @Test func appendAndReopenAcrossSegmentRotations() throws {
         let dir = TempDirectory()
         let log = dir.sub("log")

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Memory as the log grows: starts a three-node cluster on loopback (release
-# build, ports 47000+), writes entries of 4 KiB (an INSERT and a DELETE of the
+# build, ports 47000+), writes entries of 4 KiB (--entry-kb; an INSERT and a DELETE of the
 # same row in one entry, so the database stays small while the log grows),
-# and prints each node's resident memory before, after ~80 MB of log, and
-# after ~160 MB (the figure should stay flat as the log grows).
+# and prints each node's resident memory before and after each round of
+# --entries entries (20,000 ≈ 80 MB of log), which should stay flat as the
+# log grows. At the end it splits each node's RSS into anonymous memory (the
+# heap: what the process allocated) and file-backed pages (mostly the
+# binary's own code, which counts in RSS as it is first executed).
 #
-#   scripts/memory-bench.sh [--entries 20000] [--debug]
+#   scripts/memory-bench.sh [--entries 20000] [--rounds 4] [--entry-kb 4] [--debug]
 source "$(dirname "$0")/common.sh"
 entries=20000
+entry_kb=4
+rounds=4
 configuration=release
 while (($#)); do
     case "$1" in
         --entries) entries=$2; shift ;;
+        --entry-kb) entry_kb=$2; shift ;;
+        --rounds) rounds=$2; shift ;;
         --debug) configuration=debug ;;
         *) die "unknown option $1" ;;
     esac
@@ -45,10 +52,10 @@ rss() { for n in 1 2 3; do printf 'node%s%s=%s MB ' "$n" "$([ "$n" = "$leader" ]
 log_mb() { du -sm "$WORK/node$leader/log" | cut -f1; }
 
 write_entries() { # count, offset
-    python3 - "$port" "$1" "$2" <<'EOF'
+    python3 - "$port" "$1" "$2" "$entry_kb" <<'EOF'
 import http.client, json, sys, threading
 port, count, offset = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-body = "x" * 4000
+body = "x" * (int(sys.argv[4]) * 1000)
 def worker(w):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     for i in range(w, count, 16):
@@ -70,14 +77,16 @@ settled() { # every node has applied what the leader committed
         [ "$applied" -ge "$commit" ] || return 1
     done
 }
-before=$(rss)
-write_entries "$entries" 0
-wait_for "every node to apply the writes" 120 settled
-after=$(rss); first_mb=$(log_mb)
-write_entries "$entries" "$entries"
-wait_for "every node to apply the writes" 120 settled
-again=$(rss); second_mb=$(log_mb)
-echo "memory (RSS) with entries of 4 KiB, three nodes, build $configuration:"
-echo "  before:                       $before"
-echo "  after $entries entries (${first_mb} MB of log): $after"
-echo "  after $((2 * entries)) entries (${second_mb} MB of log): $again"
+split() { for n in 1 2 3; do awk -v n="$n" '/^Anonymous:/ {anon = $2} /^Rss:/ {rss = $2}
+    END {printf "node%s=%d/%d ", n, anon / 1024, (rss - anon) / 1024}' "/proc/${pids[$n]}/smaps_rollup"; done; }
+split_before=$(split)
+echo "memory (RSS) with entries of $entry_kb KiB, three nodes, build $configuration:"
+echo "  before:                              $(rss)"
+for round in $(seq 1 "$rounds"); do
+    write_entries "$entries" $(((round - 1) * entries))
+    wait_for "every node to apply the writes" 120 settled
+    printf '  after %7d entries (%5s MB of log): %s\n' $((round * entries)) "$(log_mb)" "$(rss)"
+done
+echo "anonymous (heap) / file-backed (mostly the binary's code) MB, from /proc/PID/smaps_rollup:"
+echo "  before:         $split_before"
+echo "  after round $rounds: $(split)"

@@ -103,11 +103,17 @@ struct NodeStorage {
             stored = state
         }
         setAsideCheckpoints(checkpoints, journal: journal, appliedOp: projection.appliedOp, logger: logger)
-        // Only the journal's tail is loaded: from a little below the applied
-        // op (memory does not grow with the log), so everything not applied
-        // yet, and every uncommitted op, is in memory.
-        let retained = ReplicaDriver.retainedAppliedOps
-        let floor = max(journal.base.op, min(journal.lastOp, projection.appliedOp > retained ? projection.appliedOp - retained : 0))
+        // Only the journal's tail is loaded: the applied ops memory keeps
+        // (bounded in ops and bytes, as the driver bounds them; memory does
+        // not grow with the log), and everything not applied yet, including
+        // every uncommitted op.
+        let applied = min(journal.lastOp, projection.appliedOp)
+        var floor = journal.base.op
+        if applied > floor {
+            let lowest = max(floor + 1, applied >= ReplicaDriver.retainedAppliedOps ? applied - ReplicaDriver.retainedAppliedOps + 1 : 1)
+            let sizes = try journal.frameSizes(from: lowest, through: applied)
+            floor = ReplicaDriver.retainedSuffix(below: applied, floor: lowest - 1) { sizes[Int($0 - lowest)] }.fromOp - 1
+        }
         // One read: from the floor itself when it is an entry, for its checksum.
         var log = try journal.entries(from: max(floor, 1), through: journal.lastOp)
         let floorChecksum = floor == journal.base.op ? journal.base.checksum : log.removeFirst().checksum

@@ -356,17 +356,49 @@ final class ReplicaDriver: @unchecked Sendable {
         afterBatch?()
     }
 
-    /// Ops kept in memory below the applied op, so recent repairs and view
-    /// changes read memory; older ones are read from the journal.
+    /// Applied ops kept in memory below the applied op, so recent repairs
+    /// and view changes read memory; older ones are read from the journal.
+    /// At most this many ops, and at most `retainedAppliedBytes` of them.
     static let retainedAppliedOps: OpNumber = 1024
+    /// Payload bytes of the applied ops kept in memory (8 MiB): an entry
+    /// may be as large as `max_batch_size`, so a bound in ops alone would
+    /// let 1,024 entries of 10 MiB stay resident.
+    static let retainedAppliedBytes = 8 << 20
 
-    /// Lets the replica drop applied ops from memory (in steps of
-    /// `retainedAppliedOps`, so the array shifts rarely): a node's memory
-    /// does not grow with the number of entries it has written.
+    /// The applied op when `releaseAppliedOps` last looked.
+    private var releaseCheckedAt: OpNumber = 0
+
+    /// Lets the replica drop applied ops from memory, keeping the newest
+    /// `retainedAppliedOps` of them within `retainedAppliedBytes`: a node's
+    /// memory grows neither with the number of entries it has written nor
+    /// with their size. Bounded by ops, it releases in steps of
+    /// `retainedAppliedOps` (the array shifts rarely); bounded by bytes, at
+    /// once.
     private func releaseAppliedOps() {
-        let applied = registry.appliedOp
-        guard applied > replica.logFloor + 2 * Self.retainedAppliedOps else { return }
-        perform(replica.handle(.releaseMemory(through: applied - Self.retainedAppliedOps)))
+        let applied = min(registry.appliedOp, replica.op)
+        guard applied > replica.logFloor, applied != releaseCheckedAt else { return }
+        releaseCheckedAt = applied
+        let keep = Self.retainedSuffix(below: applied, floor: replica.logFloor) { replica.entry($0)?.payload.count ?? 0 }
+        guard keep.fromOp - 1 - replica.logFloor >= (keep.cutByBytes ? 1 : Self.retainedAppliedOps) else { return }
+        perform(replica.handle(.releaseMemory(through: keep.fromOp - 1)))
+    }
+
+    /// The lowest op of the newest run of ops through `applied` (above
+    /// `floor`) that fits in `retainedAppliedOps` and `retainedAppliedBytes`
+    /// as `size` counts them, and whether the byte bound is what stopped it.
+    /// Used by the replica's memory and by start-up, which loads the log
+    /// from the same point.
+    static func retainedSuffix(below applied: OpNumber, floor: OpNumber,
+                               size: (OpNumber) -> Int) -> (fromOp: OpNumber, cutByBytes: Bool) {
+        var fromOp = applied + 1
+        var bytes = 0
+        while fromOp - 1 > floor, applied + 1 - fromOp < retainedAppliedOps {
+            let next = size(fromOp - 1)
+            if bytes + next > retainedAppliedBytes { return (fromOp, true) }
+            bytes += next
+            fromOp -= 1
+        }
+        return (fromOp, false)
     }
 
     private func perform(_ actions: [ReplicaAction]) {

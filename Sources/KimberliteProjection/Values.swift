@@ -117,7 +117,10 @@ public struct WriteBatch: Sendable, Equatable {
     static let formatVersion: UInt8 = 1
 
     public func encode() -> [UInt8] {
-        var writer = ByteWriter(capacity: 64 + statements.reduce(0) { $0 + $1.sql.utf8.count + 16 * $1.params.count })
+        // The exact size: the payload stays in the replica's memory (and in
+        // every follower's) for as long as the entry does, and a buffer left
+        // to grow by doubling would hold up to twice its bytes.
+        var writer = ByteWriter(capacity: encodedSize)
         writer.write(Self.formatVersion)
         writer.write(UInt32(statements.count))
         for statement in statements {
@@ -133,7 +136,22 @@ public struct WriteBatch: Sendable, Equatable {
                 }
             }
         }
+        assert(writer.bytes.count == encodedSize, "encodedSize matches encode()")
         return writer.bytes
+    }
+
+    /// Bytes `encode()` writes.
+    var encodedSize: Int {
+        statements.reduce(5) { size, statement in
+            statement.params.reduce(size + 8 + statement.sql.utf8.count) { size, value in
+                switch value {
+                case .null: size + 1
+                case .integer, .real: size + 9
+                case .text(let v): size + 5 + v.utf8.count
+                case .blob(let v): size + 5 + v.count
+                }
+            }
+        }
     }
 
     /// Decodes what `encode()` wrote.

@@ -6,7 +6,9 @@
 # --entries entries (20,000 ≈ 80 MB of log), which should stay flat as the
 # log grows. At the end it splits each node's RSS into anonymous memory (the
 # heap: what the process allocated) and file-backed pages (mostly the
-# binary's own code, which counts in RSS as it is first executed).
+# binary's own code, which counts in RSS as it is first executed). Last, a
+# follower's projection is deleted and rebuilt from its whole log, and its
+# peak RSS is printed.
 #
 #   scripts/memory-bench.sh [--entries 20000] [--rounds 4] [--entry-kb 4] [--debug]
 source "$(dirname "$0")/common.sh"
@@ -90,3 +92,19 @@ done
 echo "anonymous (heap) / file-backed (mostly the binary's code) MB, from /proc/PID/smaps_rollup:"
 echo "  before:         $split_before"
 echo "  after round $rounds: $(split)"
+
+# A projection rebuilt from the whole log: a follower stopped, its projection
+# deleted, started again. It re-applies every entry from its journal; its peak
+# memory (VmHWM) shows whether the backlog is held in memory or read in steps.
+rebuilt=$(( leader % 3 + 1 ))
+kill -TERM "${pids[$rebuilt]}"
+wait_for "node $rebuilt to stop" 30 bash -c "! kill -0 ${pids[$rebuilt]} 2>/dev/null"
+rm -f "$WORK/node$rebuilt/projections/projection.sqlite"*
+rm -rf "$WORK/node$rebuilt/projections/checkpoints"
+started=$(date +%s%N)
+loopback_node_start "$rebuilt" KMB_LOG_LEVEL=warn; pids[$rebuilt]=$LOOPBACK_PID
+wait_for "node $rebuilt to rebuild its projection" 600 settled
+echo "node$rebuilt rebuilt its projection from $(du -sm "$WORK/node$rebuilt/log" | cut -f1) MB of log in" \
+    "$(awk -v a="$started" -v b="$(date +%s%N)" 'BEGIN {printf "%.1f", (b - a) / 1e9}') s: peak RSS (VmHWM)" \
+    "$(( $(awk '/VmHWM/ {print $2}' "/proc/${pids[$rebuilt]}/status") / 1024 )) MB," \
+    "RSS now $(( $(awk '/VmRSS/ {print $2}' "/proc/${pids[$rebuilt]}/status") / 1024 )) MB"

@@ -103,16 +103,21 @@ struct NodeStorage {
             stored = state
         }
         setAsideCheckpoints(checkpoints, journal: journal, appliedOp: projection.appliedOp, logger: logger)
-        // Only the journal's tail is loaded: the applied ops memory keeps
-        // (bounded in ops and bytes, as the driver bounds them; memory does
-        // not grow with the log), and everything not applied yet, including
-        // every uncommitted op.
+        // Only the journal's tail is loaded (memory does not grow with the
+        // log): the applied ops memory keeps, bounded in ops and bytes as
+        // the driver bounds them, and every op after them. When committed
+        // ops wait to be applied (a projection behind its log, or rebuilt),
+        // only the ops after the last known commit are: the driver hands the
+        // rest to the projection from the journal, a bounded step at a time.
         let applied = min(journal.lastOp, projection.appliedOp)
         var floor = journal.base.op
         if applied > floor {
             let lowest = max(floor + 1, applied >= ReplicaDriver.retainedAppliedOps ? applied - ReplicaDriver.retainedAppliedOps + 1 : 1)
             let sizes = try journal.frameSizes(from: lowest, through: applied)
             floor = ReplicaDriver.retainedSuffix(below: applied, floor: lowest - 1) { sizes[Int($0 - lowest)] }.fromOp - 1
+        }
+        if let committed = stored?.record.commitNumber, committed > applied {
+            floor = max(floor, min(committed, journal.lastOp))
         }
         // One read: from the floor itself when it is an entry, for its checksum.
         var log = try journal.entries(from: max(floor, 1), through: journal.lastOp)

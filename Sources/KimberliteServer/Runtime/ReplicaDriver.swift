@@ -5,6 +5,7 @@ import KimberliteStorage
 import Logging
 import Metrics
 import NIOConcurrencyHelpers
+import NIOCore
 
 /// The replica as others in the process see it, updated after every batch.
 struct ReplicaSnapshot: Sendable {
@@ -93,7 +94,16 @@ final class ReplicaDriver: @unchecked Sendable {
     private let applier: ApplyEngine
     private let logger: Logger
     private let metrics: NodeMetrics
+    /// The last op handed to the apply thread.
     private var enqueuedForApply: OpNumber
+    /// Ops handed to the apply thread and not applied yet, oldest first,
+    /// with their payload bytes (`applyAheadOps` / `applyAheadBytes`).
+    private var handedToApplier = CircularBuffer<(op: OpNumber, bytes: Int)>()
+    private var handedBytes = 0
+    /// The last `enqueueCommitted` left committed ops for later: the apply
+    /// thread is behind by more than it is handed at once.
+    private var applyBacklog = false
+    private var applyReadLog = LogThrottle(every: .seconds(5))
     /// Committed through this op in the current batch; handed to the apply
     /// thread only after the batch's snapshot is published, so a client that
     /// has its answer never reads an older `/status` than the op it got.
@@ -131,7 +141,8 @@ final class ReplicaDriver: @unchecked Sendable {
         }
         publish()
         // Committed ops the projection has not applied yet (a restart).
-        enqueueCommitted(through: replica.commitNumber)
+        committedThrough = replica.commitNumber
+        enqueueCommitted(through: committedThrough)
     }
 
     var snapshot: ReplicaSnapshot { published.withLockedValue { $0 } }
@@ -373,8 +384,17 @@ final class ReplicaDriver: @unchecked Sendable {
     /// memory grows neither with the number of entries it has written nor
     /// with their size. Bounded by ops, it releases in steps of
     /// `retainedAppliedOps` (the array shifts rarely); bounded by bytes, at
-    /// once.
+    /// once. While the apply thread is behind by more than it is handed
+    /// (`applyAheadOps`), every committed op goes.
     private func releaseAppliedOps() {
+        if applyBacklog {
+            // A backlog beyond what the apply thread is handed: memory lets
+            // go of every committed op, which the journal serves when its
+            // turn to be applied comes (`enqueueCommitted`).
+            let through = min(replica.commitNumber, replica.durableOp)
+            if through > replica.logFloor { perform(replica.handle(.releaseMemory(through: through))) }
+            return
+        }
         let applied = min(registry.appliedOp, replica.op)
         guard applied > replica.logFloor, applied != releaseCheckedAt else { return }
         releaseCheckedAt = applied
@@ -493,11 +513,76 @@ final class ReplicaDriver: @unchecked Sendable {
         do { try journal.sync() } catch { fatal("journal sync failed: \(error)") }
     }
 
+    /// Committed ops handed to the apply thread ahead of the projection, at
+    /// most: 4,096 ops and 32 MiB of payload. The rest wait in the journal
+    /// (and, once the replica lets them go, only there), so a projection far
+    /// behind its log (a node catching up, a rebuilt projection, a slow
+    /// disk) does not hold the whole backlog in memory.
+    static let applyAheadOps = 4096
+    static let applyAheadBytes = 32 << 20
+    /// Ops read from the journal at once for the apply thread, at most.
+    static let applyReadOps: OpNumber = 256
+
+    /// Hands committed ops after `enqueuedForApply` through `through` to the
+    /// apply thread, within `applyAheadOps` / `applyAheadBytes` of what it
+    /// has applied (always at least one op when it has nothing). Ops the
+    /// replica no longer holds in memory are read from the journal. Called
+    /// after every batch, so the apply thread is topped up every tick.
     private func enqueueCommitted(through: OpNumber) {
-        guard through > enqueuedForApply else { return }
-        let entries = Array(replica.entries(from: enqueuedForApply + 1, through: through))
-        enqueuedForApply = through
-        applier.enqueue(entries)
+        let applied = registry.appliedOp
+        while let first = handedToApplier.first, first.op <= applied {
+            handedBytes -= first.bytes
+            handedToApplier.removeFirst()
+        }
+        var batch: [LogEntry] = []
+        var full = false
+        while !full, enqueuedForApply < through {
+            let next = enqueuedForApply + 1
+            let entries: [LogEntry]
+            if next > replica.logFloor {
+                entries = Array(replica.entries(from: next, through: min(through, next + Self.applyReadOps - 1)))
+            } else {
+                do {
+                    entries = try committedFromJournal(from: next, through: min(through, replica.logFloor, next + Self.applyReadOps - 1))
+                } catch {
+                    if applyReadLog.allow() {
+                        logger.error("cannot read committed ops from the journal for the projection; it stays behind until they can be read",
+                                     metadata: ["op": "\(next)", "error": "\(error)"])
+                    }
+                    break
+                }
+            }
+            guard !entries.isEmpty else { break }
+            for entry in entries {
+                guard handedToApplier.count < Self.applyAheadOps,
+                      handedBytes + entry.payload.count <= Self.applyAheadBytes || handedToApplier.isEmpty else {
+                    full = true
+                    break
+                }
+                batch.append(entry)
+                handedToApplier.append((entry.op, entry.payload.count))
+                handedBytes += entry.payload.count
+                enqueuedForApply = entry.op
+            }
+        }
+        applyBacklog = enqueuedForApply < through
+        applier.enqueue(batch)
+    }
+
+    /// Committed ops `from...through` (all in the journal, below the
+    /// replica's memory floor), as many as fit in what `applyAheadBytes`
+    /// leaves (at least one), read in one go.
+    private func committedFromJournal(from: OpNumber, through: OpNumber) throws -> [LogEntry] {
+        let sizes = try journal.frameSizes(from: from, through: through)
+        var room = Self.applyAheadBytes - handedBytes
+        var count = 0
+        for size in sizes {
+            guard count == 0 || size <= room else { break }
+            room -= size
+            count += 1
+        }
+        guard count > 0 else { return [] }
+        return try journal.entries(from: from, through: from + OpNumber(count) - 1)
     }
 
     /// The superblock's commit number is a lower bound used at restart;

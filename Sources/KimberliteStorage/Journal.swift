@@ -247,7 +247,7 @@ public final class Journal {
             if segment.frames.isEmpty || segment.lastOp <= op {
                 result.append((segment.path, segment.size))
             } else {
-                result.append((segment.path, try frameStart(segment, Int(op - segment.firstOp) + 1)))
+                result.append((segment.path, try verifiedFrameEnd(segment, Int(op - segment.firstOp))))
             }
         }
         return result
@@ -276,6 +276,25 @@ public final class Journal {
     /// `frame == count`, the end of the last frame).
     private func frameStart(_ segment: Segment, _ frame: Int) throws -> Int {
         try frameStarts(segment, frame, frame)[0]
+    }
+
+    /// The end of frame `frame` of `segment`, checked: the frame the header
+    /// walk finds is read whole and must verify and hold its op, so a
+    /// damaged length field on the way is an error, never a cut or a copy
+    /// that ends in the wrong place.
+    /// - Throws: `StorageError.corrupt` naming the frame; `StorageError.io`.
+    private func verifiedFrameEnd(_ segment: Segment, _ frame: Int) throws -> Int {
+        let starts = try frameStarts(segment, frame, frame + 1)
+        let op = segment.firstOp + UInt64(frame)
+        let bytes = try readRange(segment.path, from: starts[0], count: starts[1] - starts[0])
+        switch SegmentFormat.parseFrame(bytes, at: 0, end: bytes.count) {
+        case .entry(let entry, let next) where entry.op == op && next == bytes.count:
+            return starts[1]
+        case .entry(let entry, _):
+            throw readFailure(segment.path, starts[0], op, .opGap, "found op \(entry.op) where the walk expected op \(op)")
+        case .bad(let kind, let detail):
+            throw readFailure(segment.path, starts[0], op, kind, detail)
+        }
     }
 
     /// Start offsets of frames `first...last` of `segment` (a frame equal to
@@ -762,7 +781,7 @@ public final class Journal {
             let keep = Int(op - last.firstOp + 1)
             if keep < last.frames.count {
                 let index = segments.count - 1
-                let newSize = try frameStart(last, keep)
+                let newSize = try verifiedFrameEnd(last, keep - 1)
                 try ensureCurrentFD()
                 try FileIO.truncate(currentFD, to: newSize, path: last.path)
                 segments[index].frames.keepFirst(keep)

@@ -99,7 +99,8 @@ public enum Startup {
     ///   - members: the configured members (used only when `stored` is nil).
     ///   - log: the journal's entries after `logFloor` (its open-time repair done).
     ///   - logFloor, floorChecksum: the last op not loaded and its checksum
-    ///     (0 and `.zero` for a log loaded whole); at most `appliedOp`.
+    ///     (0 and `.zero` for a log loaded whole); at most the commit
+    ///     number (ops through it are committed).
     ///   - appliedOp: the last op the projection applied (it survives a lost journal).
     ///   - journalLostEntries: the journal quarantined corrupt entries that may have been acknowledged.
     public static func decide(stored: DurableRecord?, members: [NodeID], log: [LogEntry], logFloor: OpNumber = 0,

@@ -255,7 +255,8 @@ public struct Replica: Sendable {
     public private(set) var logView: ViewNumber
     /// The log after `logFloor`, in memory: the entry for op `n` is
     /// `log[n - logFloor - 1]`. Ops through `logFloor` are committed and
-    /// applied, and live only in the journal on disk.
+    /// live only in the journal on disk (the runtime's projection may not
+    /// have applied them yet: it reads them from the journal).
     public private(set) var log: [LogEntry]
     /// The last op no longer held in memory (0: the whole log is).
     public private(set) var logFloor: OpNumber
@@ -452,7 +453,9 @@ public struct Replica: Sendable {
     }
 
     private var others: [NodeID] { configuration.members.filter { $0 != selfID } }
-    private func checksum(at op: OpNumber) -> Checksum { op == logFloor ? floorChecksum : entry(op)?.checksum ?? .zero }
+    /// The checksum of op `op` when memory knows it: an op in memory, or
+    /// the floor's (`.zero` otherwise, and for op 0).
+    public func checksum(at op: OpNumber) -> Checksum { op == logFloor ? floorChecksum : entry(op)?.checksum ?? .zero }
 
     /// Whether this replica's entry at `op` has checksum `expected`. Below
     /// the memory floor the ops are committed and so agree with every
@@ -1006,7 +1009,7 @@ public struct Replica: Sendable {
             acceptEntries(entries, primaryCommit: commit, primaryOp: lastOp, from: from)
         case .commit(let v, let commit, let commitChecksum, let primaryOp, let sequence):
             guard adoptViewFromPrimary(v, from: from) else { return }
-            if commit >= 1, commit <= commitNumber, let mine = entry(commit), mine.checksum != commitChecksum {
+            if commit >= 1, commit <= commitNumber, commit >= logFloor, checksum(at: commit) != commitChecksum {
                 // Committed here and at the primary, with different contents.
                 diverge(op: commit, peer: from, reason: "committed op \(commit) differs from the leader's")
                 return

@@ -376,16 +376,21 @@ final class ReplicaDriver: @unchecked Sendable {
     /// let 1,024 entries of 10 MiB stay resident.
     static let retainedAppliedBytes = 8 << 20
 
-    /// The applied op when `releaseAppliedOps` last looked.
-    private var releaseCheckedAt: OpNumber = 0
+    /// Payload bytes of the applied ops in memory, `(windowFloor, windowTop]`,
+    /// summed as the applied op moves (each op is counted once), and summed
+    /// again from scratch when the replica's floor moved for another reason.
+    private var windowFloor: OpNumber = 0
+    private var windowTop: OpNumber = 0
+    private var windowBytes = 0
 
     /// Lets the replica drop applied ops from memory, keeping the newest
     /// `retainedAppliedOps` of them within `retainedAppliedBytes`: a node's
     /// memory grows neither with the number of entries it has written nor
-    /// with their size. Bounded by ops, it releases in steps of
-    /// `retainedAppliedOps` (the array shifts rarely); bounded by bytes, at
-    /// once. While the apply thread is behind by more than it is handed
-    /// (`applyAheadOps`), every committed op goes.
+    /// with their size. It waits until twice a bound is reached and then
+    /// releases down to the bound, so the array shifts rarely and each op
+    /// is looked at a bounded number of times. While the apply thread is
+    /// behind by more than it is handed (`applyAheadOps`), every committed
+    /// op goes.
     private func releaseAppliedOps() {
         if applyBacklog {
             // A backlog beyond what the apply thread is handed: memory lets
@@ -396,11 +401,20 @@ final class ReplicaDriver: @unchecked Sendable {
             return
         }
         let applied = min(registry.appliedOp, replica.op)
-        guard applied > replica.logFloor, applied != releaseCheckedAt else { return }
-        releaseCheckedAt = applied
-        let keep = Self.retainedSuffix(below: applied, floor: replica.logFloor) { replica.entry($0)?.payload.count ?? 0 }
-        guard keep.fromOp - 1 - replica.logFloor >= (keep.cutByBytes ? 1 : Self.retainedAppliedOps) else { return }
+        let floor = replica.logFloor
+        guard applied > floor else { return }
+        if windowFloor != floor || windowTop > applied {
+            (windowFloor, windowTop, windowBytes) = (floor, floor, 0)
+        }
+        while windowTop < applied {
+            windowTop += 1
+            windowBytes += replica.entry(windowTop)?.payload.count ?? 0
+        }
+        guard applied - floor >= 2 * Self.retainedAppliedOps || windowBytes > 2 * Self.retainedAppliedBytes else { return }
+        let keep = Self.retainedSuffix(below: applied, floor: floor) { replica.entry($0)?.payload.count ?? 0 }
+        for op in (floor + 1)..<keep.fromOp { windowBytes -= replica.entry(op)?.payload.count ?? 0 }
         perform(replica.handle(.releaseMemory(through: keep.fromOp - 1)))
+        windowFloor = replica.logFloor
     }
 
     /// The lowest op of the newest run of ops through `applied` (above
@@ -529,21 +543,27 @@ final class ReplicaDriver: @unchecked Sendable {
     /// replica no longer holds in memory are read from the journal. Called
     /// after every batch, so the apply thread is topped up every tick.
     private func enqueueCommitted(through: OpNumber) {
-        let applied = registry.appliedOp
+        // The projection's own applied op too: after a checkpoint replaced
+        // it, ops at or below it are dropped there without being answered.
+        let applied = max(registry.appliedOp, applier.appliedOp)
         while let first = handedToApplier.first, first.op <= applied {
             handedBytes -= first.bytes
             handedToApplier.removeFirst()
         }
         var batch: [LogEntry] = []
-        var full = false
-        while !full, enqueuedForApply < through {
+        while enqueuedForApply < through {
+            // Nothing is read that could not be handed over.
+            let slots = Self.applyAheadOps - handedToApplier.count
+            let room = handedToApplier.isEmpty ? Int.max : Self.applyAheadBytes - handedBytes
+            guard slots > 0, room > 0 else { break }
             let next = enqueuedForApply + 1
+            let upper = min(through, next + OpNumber(min(slots, Int(Self.applyReadOps))) - 1)
             let entries: [LogEntry]
             if next > replica.logFloor {
-                entries = Array(replica.entries(from: next, through: min(through, next + Self.applyReadOps - 1)))
+                entries = Array(replica.entries(from: next, through: upper))
             } else {
                 do {
-                    entries = try committedFromJournal(from: next, through: min(through, replica.logFloor, next + Self.applyReadOps - 1))
+                    entries = try committedFromJournal(from: next, through: min(upper, replica.logFloor), room: room)
                 } catch {
                     if applyReadLog.allow() {
                         logger.error("cannot read committed ops from the journal for the projection; it stays behind until they can be read",
@@ -552,37 +572,41 @@ final class ReplicaDriver: @unchecked Sendable {
                     break
                 }
             }
-            guard !entries.isEmpty else { break }
+            var taken = 0
             for entry in entries {
                 guard handedToApplier.count < Self.applyAheadOps,
-                      handedBytes + entry.payload.count <= Self.applyAheadBytes || handedToApplier.isEmpty else {
-                    full = true
-                    break
-                }
+                      handedBytes + entry.payload.count <= Self.applyAheadBytes || handedToApplier.isEmpty else { break }
                 batch.append(entry)
                 handedToApplier.append((entry.op, entry.payload.count))
                 handedBytes += entry.payload.count
                 enqueuedForApply = entry.op
+                taken += 1
             }
+            guard taken > 0, taken == entries.count else { break }
         }
         applyBacklog = enqueuedForApply < through
         applier.enqueue(batch)
     }
 
     /// Committed ops `from...through` (all in the journal, below the
-    /// replica's memory floor), as many as fit in what `applyAheadBytes`
-    /// leaves (at least one), read in one go.
-    private func committedFromJournal(from: OpNumber, through: OpNumber) throws -> [LogEntry] {
+    /// replica's memory floor), as many as fit in `room` bytes (at least
+    /// one), read in one go.
+    /// - Throws: what the journal throws; `StorageError.invalidArgument`
+    ///   when the journal does not hold op `from`.
+    private func committedFromJournal(from: OpNumber, through: OpNumber, room: Int) throws -> [LogEntry] {
         let sizes = try journal.frameSizes(from: from, through: through)
-        var room = Self.applyAheadBytes - handedBytes
+        var room = room
         var count = 0
         for size in sizes {
             guard count == 0 || size <= room else { break }
             room -= size
             count += 1
         }
-        guard count > 0 else { return [] }
-        return try journal.entries(from: from, through: from + OpNumber(count) - 1)
+        let entries = count > 0 ? try journal.entries(from: from, through: from + OpNumber(count) - 1) : []
+        guard entries.first?.op == from else {
+            throw StorageError.invalidArgument("the journal does not hold committed op \(from) (it holds \(journal.firstOp)…\(journal.lastOp))")
+        }
+        return entries
     }
 
     /// The superblock's commit number is a lower bound used at restart;
@@ -599,7 +623,7 @@ final class ReplicaDriver: @unchecked Sendable {
 
     private func publish() {
         let snapshot = ReplicaSnapshot(view: replica.view, status: replica.status, op: replica.op,
-                                       commit: replica.commitNumber, commitChecksum: replica.entry(replica.commitNumber)?.checksum,
+                                       commit: replica.commitNumber, commitChecksum: replica.commitNumber >= replica.logFloor && replica.commitNumber > 0 ? replica.checksum(at: replica.commitNumber) : nil,
                                        isPrimary: replica.isPrimary && replica.leader != nil,
                                        leader: replica.leader, recovering: replica.status == .recovering,
                                        diskFull: diskFullSince.map { since in
@@ -738,6 +762,9 @@ final class ApplyEngine: @unchecked Sendable {
         queue.stop()
         if started { finished.wait() }
     }
+
+    /// The last op the projection applied (or holds from a checkpoint).
+    var appliedOp: OpNumber { projection.appliedOp }
 
     func enqueue(_ entries: [LogEntry]) {
         guard !entries.isEmpty else { return }

@@ -67,6 +67,31 @@ import Testing
         try check(reopened, final)
     }
 
+    /// A frame length damaged after open (between two sampled frames) sends
+    /// the header walk astray, landing on valid frames one op late: a
+    /// truncation there is refused as corrupt and cuts nothing, and so is a
+    /// backup extent (which would otherwise end a frame late).
+    @Test func aDamagedLengthFieldIsFoundBeforeATruncationCutsAnything() throws {
+        let dir = TempDirectory()
+        let log = dir.sub("log")
+        let entries = makeEntries(count: 100, payloadSize: 50)
+        let journal = try Journal(directory: log, segmentSize: 1 << 20, syncMode: .fsync, logger: quietLogger)
+        try journal.append(entries)
+        try journal.sync()
+        let path = log + "/" + (try segmentNames(log)).first!
+        let offsets = try frameOffsets(path)
+        var bytes = try readFile(path)
+        // Frame 10's length made to span frame 11 too: every header the walk
+        // reads after it is valid, one frame late.
+        let spanning = UInt32(offsets[12] - offsets[10] - SegmentFormat.frameHeaderSize)
+        withUnsafeBytes(of: spanning.littleEndian) { for (index, byte) in $0.enumerated() { bytes[offsets[10] + index] = byte } }
+        try writeFile(path, bytes)
+        #expect(throws: StorageError.self) { try journal.truncate(after: 20) }
+        #expect(FileIO.fileSize(path) == bytes.count, "the segment was cut")
+        #expect(journal.lastOp == 100)
+        #expect(throws: StorageError.self) { _ = try journal.extent(through: 30) }
+    }
+
     @Test func appendAndReopenAcrossSegmentRotations() throws {
         let dir = TempDirectory()
         let log = dir.sub("log")

@@ -729,6 +729,10 @@ final class ReplicaDriver: @unchecked Sendable {
 final class ApplyEngine: @unchecked Sendable {
     /// Committed entries applied per SQLite transaction, at most.
     static let entriesPerTransaction = 256
+    /// Payload bytes applied per SQLite transaction, at most (one entry
+    /// always goes): a transaction's pages stay in SQLite's page cache
+    /// until it commits, and 256 entries of 500 KB made it 128 MB.
+    static let bytesPerTransaction = 8 << 20
     /// Committed entries to apply, and projection replacements (state
     /// transfer), in order.
     enum Item {
@@ -810,10 +814,17 @@ final class ApplyEngine: @unchecked Sendable {
         let pending = batch.drop(while: { $0.op <= projection.appliedOp })
         // One SQLite transaction per chunk; chunks bound how long readers
         // wait to see the first entry of a large batch.
-        for start in stride(from: pending.startIndex, to: pending.endIndex, by: Self.entriesPerTransaction) {
-            let chunk = Array(pending[start..<min(start + Self.entriesPerTransaction, pending.endIndex)])
-            applyRetryingWhileTheDiskIsFull(chunk)
+        var start = pending.startIndex
+        while start < pending.endIndex {
+            var end = start, bytes = 0
+            while end < pending.endIndex, end - start < Self.entriesPerTransaction,
+                  end == start || bytes + pending[end].payload.count <= Self.bytesPerTransaction {
+                bytes += pending[end].payload.count
+                end += 1
+            }
+            applyRetryingWhileTheDiskIsFull(Array(pending[start..<end]))
             checkpointer?.applied(through: projection.appliedOp)
+            start = end
         }
     }
 

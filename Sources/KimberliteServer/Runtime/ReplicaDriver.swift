@@ -414,7 +414,9 @@ final class ReplicaDriver: @unchecked Sendable {
         let keep = Self.retainedSuffix(below: applied, floor: floor) { replica.entry($0)?.payload.count ?? 0 }
         for op in (floor + 1)..<keep.fromOp { windowBytes -= replica.entry(op)?.payload.count ?? 0 }
         perform(replica.handle(.releaseMemory(through: keep.fromOp - 1)))
-        windowFloor = replica.logFloor
+        // The replica may keep more (it never lets go of what is not durable
+        // yet); then the sum starts over from its floor next time.
+        windowFloor = replica.logFloor == keep.fromOp - 1 ? replica.logFloor : OpNumber.max
     }
 
     /// The lowest op of the newest run of ops through `applied` (above
@@ -622,8 +624,9 @@ final class ReplicaDriver: @unchecked Sendable {
     }
 
     private func publish() {
-        let snapshot = ReplicaSnapshot(view: replica.view, status: replica.status, op: replica.op,
-                                       commit: replica.commitNumber, commitChecksum: replica.commitNumber >= replica.logFloor && replica.commitNumber > 0 ? replica.checksum(at: replica.commitNumber) : nil,
+        let commit = replica.commitNumber
+        let snapshot = ReplicaSnapshot(view: replica.view, status: replica.status, op: replica.op, commit: commit,
+                                       commitChecksum: commit > 0 && commit >= replica.logFloor ? replica.checksum(at: commit) : nil,
                                        isPrimary: replica.isPrimary && replica.leader != nil,
                                        leader: replica.leader, recovering: replica.status == .recovering,
                                        diskFull: diskFullSince.map { since in

@@ -86,7 +86,9 @@ public final class Projection: @unchecked Sendable {
             guard journalMode == .text("wal") else {
                 throw SQLiteError(code: SQLITE_ERROR, message: "cannot switch to WAL mode (journal_mode is \(journalMode))")
             }
-            try db.execute("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+            // The WAL file never shrinks by itself: after a large
+            // transaction SQLite cuts it back to 64 MiB once it is reused.
+            try db.execute("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA journal_size_limit=\(64 << 20);")
             if let cacheSizeBytes, cacheSizeBytes > 0 {
                 try db.execute("PRAGMA cache_size=-\(max(cacheSizeBytes / 1024, 1))")
             }
@@ -706,8 +708,11 @@ public final class Projection: @unchecked Sendable {
                     throw db.lastError(code: stepped == SQLITE_DONE ? finished : stepped)
                 }
                 // The copy is durable before anyone relies on it (synchronous=NORMAL
-                // syncs the WAL only at checkpoints).
-                try db.execute("PRAGMA wal_checkpoint(FULL)")
+                // syncs the WAL only at checkpoints, before copying it into the
+                // database). TRUNCATE then cuts the WAL, which holds the whole
+                // checkpoint, back to nothing; a reader still on it leaves the
+                // WAL as it is (synced all the same), to be reused.
+                try db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 guard case .integer(let op)? = try db.scalar("SELECT value FROM _kmb_meta WHERE key = 'applied_op'") else {
                     throw ProjectionError.incompatible("\(self.path) lost its applied_op in the copy from \(path)")
                 }

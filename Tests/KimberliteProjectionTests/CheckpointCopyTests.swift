@@ -88,4 +88,30 @@ import Testing
             }
         }
     }
+
+    /// A checkpoint installed by state transfer goes through the WAL: once it
+    /// is checkpointed into the database file, the WAL is cut back to
+    /// nothing rather than left as large as the checkpoint for good.
+    @Test func installingACheckpointLeavesNoWALAsLargeAsIt() throws {
+        try withProjection { source, directory in
+            var log = LogBuilder()
+            _ = try source.apply(log.next("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)"))
+            for batch in 0..<8 {
+                _ = try source.apply((0..<16).map { index in
+                    log.next("INSERT INTO t(id, v) VALUES (?1, zeroblob(65536))", [.integer(Int64(batch * 16 + index))])
+                })
+            }
+            let path = directory + "/checkpoint.sqlite"
+            let copied = try source.writeConsistentCopy(to: path)
+            let target = directory + "/target"
+            try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
+            let projection = try Projection(directory: target)
+            defer { projection.close() }
+            let installed = try projection.replaceContents(withCheckpointAt: path)
+            #expect(installed.op == copied.op)
+            #expect(try projection.contentDigest() == source.contentDigest())
+            let wal = (try? FileManager.default.attributesOfItem(atPath: target + "/projection.sqlite-wal")[.size] as? Int) ?? 0
+            #expect(wal == 0, "the WAL is \(wal) bytes after the install (the checkpoint is about 8 MB)")
+        }
+    }
 }

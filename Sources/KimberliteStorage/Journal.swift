@@ -272,6 +272,29 @@ public final class Journal {
         return sizes
     }
 
+    /// Entries from `from` on, as `entries(from:through:)` reads them, but
+    /// only as many as fit in `maxBytes` of frames (always at least one):
+    /// sizes come from frame headers first, so a log of large entries (up
+    /// to `max_batch_size` each) is never read past the bound, however far
+    /// `through` reaches.
+    /// - Throws: what `frameSizes` and `entries(from:through:)` throw.
+    public func entries(from: OpNumber, through: OpNumber, maxBytes: Int) throws -> [LogEntry] {
+        let lower = max(from, firstOp)
+        let upper = min(through, lastOp)
+        var last = lower - 1
+        var bytes = 0
+        scan: while last < upper {
+            let sizes = try frameSizes(from: last + 1, through: min(upper, last + 256))
+            guard !sizes.isEmpty else { break }
+            for size in sizes {
+                if last >= lower && bytes + size > maxBytes { break scan }
+                bytes += size
+                last += 1
+            }
+        }
+        return last >= lower ? try entries(from: lower, through: last) : []
+    }
+
     /// Start offset of frame `frame` of `segment` (its size for
     /// `frame == count`, the end of the last frame).
     private func frameStart(_ segment: Segment, _ frame: Int) throws -> Int {

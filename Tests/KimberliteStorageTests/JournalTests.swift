@@ -67,6 +67,26 @@ import Testing
         try check(reopened, final)
     }
 
+    /// A read bounded in bytes takes the longest prefix whose frames fit
+    /// (always one), across segments and past 256-frame steps, and never
+    /// reads past the journal's ends.
+    @Test func entriesBoundedInBytesTakeTheLongestPrefixThatFits() throws {
+        let dir = TempDirectory()
+        var entries = makeEntries(count: 600, payloadSize: 40)
+        entries += makeEntries(count: 5, from: 601, parent: entries.last!.checksum, payloadSize: 200 << 10)
+        let journal = try Journal(directory: dir.sub("log"), segmentSize: 300 << 10, syncMode: .fsync, logger: quietLogger)
+        try journal.append(entries)
+        let sizes = try journal.frameSizes(from: 1, through: 605)
+        for (from, maxBytes) in [(1, 1), (1, 10_000), (1, sizes[..<400].reduce(0, +)), (300, 1 << 30), (598, 300 << 10), (604, 1)] {
+            var expected = from
+            var total = sizes[from - 1]
+            while expected < 605 && total + sizes[expected] <= maxBytes { total += sizes[expected]; expected += 1 }
+            let read = try journal.entries(from: OpNumber(from), through: 10_000, maxBytes: maxBytes)
+            #expect(read == Array(entries[(from - 1)..<expected]), "from \(from) within \(maxBytes) bytes: \(read.count) entries")
+        }
+        #expect(try journal.entries(from: 606, through: 700, maxBytes: 1 << 20).isEmpty)
+    }
+
     /// A frame length damaged after open (between two sampled frames) sends
     /// the header walk astray, landing on valid frames one op late: a
     /// truncation there is refused as corrupt and cuts nothing, and so is a

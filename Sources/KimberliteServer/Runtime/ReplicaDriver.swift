@@ -236,21 +236,8 @@ final class ReplicaDriver: @unchecked Sendable {
                 error = "node \(transport.selfID) holds ops \(journal.firstOp)…\(journal.lastOp), not op \(from)"
             } else {
                 do {
-                    // Up to about 4 MiB, read in windows sized by the entries seen so far
-                    // (entries can be up to max_batch_size; this runs on the replica's thread).
-                    let limit = 4 << 20
-                    var bytes = 0
-                    var window: OpNumber = 16
-                    let last = min(through, journal.lastOp)
-                    while from + OpNumber(entries.count) <= last && bytes < limit {
-                        let next = from + OpNumber(entries.count)
-                        let more = try journal.entries(from: next, through: min(last, next + window - 1))
-                        guard !more.isEmpty else { break }
-                        entries += more
-                        bytes += more.reduce(0) { $0 + $1.payload.count + 128 }
-                        let average = max(1, bytes / entries.count)
-                        window = OpNumber(max(1, min(256, (limit - min(bytes, limit)) / average)))
-                    }
+                    // About 4 MiB at most: entries can be up to max_batch_size, and this runs on the replica's thread.
+                    entries = try journal.entries(from: from, through: through, maxBytes: 4 << 20)
                 } catch let failure {
                     entries = []
                     error = "node \(transport.selfID) cannot read op \(from): \(failure)"
@@ -470,8 +457,8 @@ final class ReplicaDriver: @unchecked Sendable {
                     continue
                 }
                 do {
-                    let entries = Replica.prefix(try journal.entries(from: from, through: through)[...],
-                                                 maxBytes: replica.configuration.maxMessageBytes)
+                    let maxBytes = replica.configuration.maxMessageBytes
+                    let entries = Replica.prefix(try journal.entries(from: from, through: through, maxBytes: maxBytes)[...], maxBytes: maxBytes)
                     transport.send(.vsr(.entries(view: view, commit: commit, lastOp: lastOp, entries: entries), epoch: replica.epoch), to: to)
                 } catch {
                     // The requester asks again; the journal's own checks logged what failed.
@@ -590,21 +577,13 @@ final class ReplicaDriver: @unchecked Sendable {
         applier.enqueue(batch)
     }
 
-    /// Committed ops `from...through` (all in the journal, below the
-    /// replica's memory floor), as many as fit in `room` bytes (at least
-    /// one), read in one go.
+    /// Committed ops from `from` through at most `through` (all in the
+    /// journal, below the replica's memory floor) that fit in `room` bytes
+    /// (at least one), read in one go.
     /// - Throws: what the journal throws; `StorageError.invalidArgument`
     ///   when the journal does not hold op `from`.
     private func committedFromJournal(from: OpNumber, through: OpNumber, room: Int) throws -> [LogEntry] {
-        let sizes = try journal.frameSizes(from: from, through: through)
-        var room = room
-        var count = 0
-        for size in sizes {
-            guard count == 0 || size <= room else { break }
-            room -= size
-            count += 1
-        }
-        let entries = count > 0 ? try journal.entries(from: from, through: from + OpNumber(count) - 1) : []
+        let entries = try journal.entries(from: from, through: through, maxBytes: room)
         guard entries.first?.op == from else {
             throw StorageError.invalidArgument("the journal does not hold committed op \(from) (it holds \(journal.firstOp)…\(journal.lastOp))")
         }
